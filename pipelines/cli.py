@@ -1,0 +1,186 @@
+"""The `affectflow` command line.
+
+    affectflow run --input GLOB_OR_MANIFEST --output DIR [--config YAML] [--set key=value ...]
+    affectflow aggregate --output DIR [--threshold T] [--fallback neutral|top1] [--dest DIR]
+    affectflow models list | fetch [NAME ...]
+    affectflow samples [--dest DIR] [NAME ...]
+    affectflow demo [--output DIR]
+
+Exit codes: 0 success; 1 the run finished but some videos failed (their dead letters are
+in the output); 2 bad usage or configuration; 3 the run itself could not complete.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import warnings
+from pathlib import Path
+
+EXIT_OK, EXIT_VIDEOS_FAILED, EXIT_USAGE, EXIT_RUN_FAILED = 0, 1, 2, 3
+DEFAULT_SAMPLES_DIR = "data/samples"
+
+
+def _quiet_libraries() -> None:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    warnings.filterwarnings("ignore", category=UserWarning)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    logging.getLogger("apache_beam").setLevel(logging.ERROR)
+    logging.getLogger("distributed").setLevel(logging.ERROR)
+
+
+def _add_config_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", help="runner YAML (default: runner_configs/local.yaml). Its pipeline_options "
+                                         "go to Beam, its job section configures affectflow.")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override any config key, e.g. --set decode.sample_fps=5 "
+                             "--set pipeline_options.direct_num_workers=2 (values are YAML)")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="affectflow", description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("-v", "--verbose", action="store_true", help="log what Beam and the stages do")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="extract frame, video and dead-letter Parquet from videos",
+                         description="Decode every matched video, find faces, score 7 emotions per frame, "
+                                     "label each video with the Top-1 and threshold methods, and write "
+                                     "frames/, videos/, dead_letters/ (zstd Parquet, Hive-partitioned by "
+                                     "video_id) and run_manifest.json into OUTPUT.")
+    run.add_argument("--input", required=True, help="a glob (quote it), a folder, or a manifest .csv/.parquet "
+                                                   "with a path column and optional video_id, label, subject_id")
+    run.add_argument("--output", required=True, help="output folder (local or any Beam filesystem path)")
+    _add_config_args(run)
+
+    agg = sub.add_parser("aggregate", help="recompute video labels from the frame Parquet (no decoding)",
+                         description="Recompute the Top-1 and threshold labels of every video of OUTPUT from its "
+                                     "frame table alone, with another threshold or fallback.")
+    agg.add_argument("--output", required=True, help="an affectflow output folder")
+    agg.add_argument("--threshold", type=float, help="threshold in (0, 1] (default: from the config)")
+    agg.add_argument("--fallback", choices=["neutral", "top1"], help="fallback when no emotion reaches the threshold")
+    agg.add_argument("--dest", help="write the new video table under DEST/videos instead of replacing OUTPUT/videos")
+    _add_config_args(agg)
+
+    models = sub.add_parser("models", help="list registered models or pre-fetch their weights")
+    models_sub = models.add_subparsers(dest="models_command", required=True)
+    models_sub.add_parser("list", help="name, kind, source, cache state, input contract, labels")
+    fetch = models_sub.add_parser("fetch", help="download and verify pinned weights into the cache")
+    fetch.add_argument("names", nargs="*", help="models to fetch (default: every model with pinned weights)")
+
+    samples = sub.add_parser("samples", help="fetch the real sample face videos (checksummed, with licences)")
+    samples.add_argument("--dest", default=DEFAULT_SAMPLES_DIR, help=f"destination folder (default {DEFAULT_SAMPLES_DIR})")
+    samples.add_argument("names", nargs="*", help="sample file names (default: all)")
+
+    demo = sub.add_parser("demo", help="fetch the samples and models, then run the pipeline over the samples")
+    demo.add_argument("--output", default="out/demo", help="output folder (default out/demo)")
+    demo.add_argument("--dest", default=DEFAULT_SAMPLES_DIR, help="where the samples go")
+    _add_config_args(demo)
+    return parser
+
+
+def _print_summary(manifest: dict, stream=sys.stdout) -> None:
+    c = manifest["counts"]
+    t = manifest["timings_s"]
+    print(f"run {manifest['run_id']}: {c['matched']} videos matched -> ok {c['ok']}, no_face {c['no_face']}, "
+          f"failed {c['failed']} (all accounted for: {c['accounted']})", file=stream)
+    print(f"frames decoded {c['frames_decoded']}, sampled {c['frames_sampled']}, with a face "
+          f"{c['frames_with_face']}; pipeline {t['pipeline']:.1f} s, {manifest['throughput_frames_per_s']} frames/s",
+          file=stream)
+    for table, path in manifest["tables"].items():
+        print(f"  {table:13s} {path}", file=stream)
+    print(f"  manifest      {manifest['output']}/run_manifest.json", file=stream)
+
+
+def _run(args, input_path: str, output: str) -> int:
+    from pipelines.config import load_config
+    from pipelines.extract import execute
+    config = load_config(args.config, {"input": input_path, "output": output}, args.set)
+    manifest = execute(config, sys.argv)
+    _print_summary(manifest)
+    return EXIT_VIDEOS_FAILED if manifest["counts"]["failed"] else EXIT_OK
+
+
+def _aggregate(args) -> int:
+    from pipelines.config import load_config
+    from pipelines.extract import aggregation_settings
+    from pipelines.reaggregate import reaggregate
+    sets = list(args.set)
+    if args.threshold is not None:
+        sets.append(f"aggregate.threshold={args.threshold}")
+    if args.fallback:
+        sets.append(f"aggregate.fallback={args.fallback}")
+    settings = aggregation_settings(load_config(args.config, None, sets))
+    table = reaggregate(args.output, settings, args.dest)
+    labels = table.column("threshold_label").to_pylist()
+    print(f"re-aggregated {table.num_rows} videos with threshold {settings.threshold}, fallback {settings.fallback}: "
+          + ", ".join(f"{l} {labels.count(l)}" for l in sorted({str(x) for x in labels})))
+    print(f"  videos {(args.dest or args.output).rstrip('/')}/videos")
+    return EXIT_OK
+
+
+def _models(args) -> int:
+    from models.registry import REGISTRY, resolve
+    from models.store import is_cached
+    if args.models_command == "list":
+        for spec in REGISTRY.values():
+            pinned = [f for f in spec.files.values() if f]
+            state = "cached" if pinned and all(is_cached(f) for f in pinned) else ("user file" if not pinned else "not cached")
+            print(f"{spec.name:20s} {spec.kind:14s} {state:10s} {spec.source}")
+            print(f"{'':20s} {spec.description}")
+            print(f"{'':20s} input: {spec.input_contract}")
+            if spec.labels:
+                print(f"{'':20s} labels: {', '.join(spec.labels)}")
+        return EXIT_OK
+    names = args.names or [n for n, s in REGISTRY.items() if all(s.files.values())]
+    for name in names:
+        model = resolve(name)
+        print(f"{name}: {model.origin} " + ", ".join(f"{r}={p}" for r, p in model.paths.items()))
+    return EXIT_OK
+
+
+def _samples(args) -> int:
+    from pipelines.samples import fetch_samples
+    for path in fetch_samples(args.dest, args.names or None):
+        print(path)
+    return EXIT_OK
+
+
+def _demo(args) -> int:
+    from pipelines.samples import fetch_samples
+    fetch_samples(args.dest)
+    return _run(args, args.dest, args.output)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    _quiet_libraries()
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    from pipelines.config import ConfigError
+    from transforms.discover import InputError
+    try:
+        if args.command == "run":
+            return _run(args, args.input, args.output)
+        if args.command == "aggregate":
+            return _aggregate(args)
+        if args.command == "models":
+            return _models(args)
+        if args.command == "samples":
+            return _samples(args)
+        if args.command == "demo":
+            return _demo(args)
+    except (ConfigError, InputError, KeyError, ValueError) as exc:
+        print(f"affectflow {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except Exception as exc:  # noqa: BLE001
+        logging.getLogger("affectflow").debug("run failed", exc_info=True)
+        print(f"affectflow {args.command}: the run could not complete: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return EXIT_RUN_FAILED
+    return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

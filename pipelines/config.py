@@ -1,0 +1,187 @@
+"""Job configuration: runner YAMLs, overrides, and the typed settings every stage reads.
+
+A runner YAML has two top-level sections and nothing else:
+
+    pipeline_options:    # handed to Beam as --key=value flags (runner, workers, ...)
+      runner: DirectRunner
+    job:                 # affectflow's own settings (the dataclasses below)
+      decode: {sample_fps: 5}
+
+Unknown keys are rejected with the path of the key and the keys allowed there. Any key
+can be overridden on the command line: ``--set decode.sample_fps=10`` (a ``job.`` prefix
+is optional) or ``--set pipeline_options.direct_num_workers=2``; values are parsed as YAML.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Optional, get_type_hints
+
+import yaml
+
+from transforms.aggregate import DEFAULT_BROAD_MAP
+
+RUNNER_CONFIGS = Path(__file__).resolve().parent.parent / "runner_configs"
+DEFAULT_CONFIG = RUNNER_CONFIGS / "local.yaml"
+
+
+class ConfigError(ValueError):
+    """The configuration is not valid; the message names the key."""
+
+
+@dataclass
+class DecodeConfig:
+    segment_seconds: Optional[float] = 60.0   # work-unit length; null = one unit per video
+    sample_fps: Optional[float] = None         # null = every frame
+    chunk_frames: int = 1024                   # sampled frames per chunk = per frame Parquet file
+
+
+@dataclass
+class FacesConfig:
+    detector: str = "blazeface_short"          # registry name (affectflow models list)
+    min_score: float = 0.7                      # measured: cartoon false positives score <= 0.62, real faces >= 0.8
+    keep_all_faces: bool = False                # false: one row per frame, primary (largest) face
+    crop_margin: float = 0.1                    # emotion crop: square of max(w, h) * (1 + margin)
+
+
+@dataclass
+class EmotionConfig:
+    model: str = "fer_mini_xception"
+    max_batch: int = 256
+
+
+@dataclass
+class AggregateConfig:
+    threshold: float = 0.2
+    fallback: str = "neutral"                   # neutral | top1
+    neutral_label: str = "neutral"
+    broad_map: dict = field(default_factory=lambda: dict(DEFAULT_BROAD_MAP))
+
+
+@dataclass
+class ModelsConfig:
+    paths: dict = field(default_factory=dict)   # model name -> path (or role -> path map)
+
+
+@dataclass
+class JobConfig:
+    input: Optional[str] = None                 # glob, directory, or manifest (.csv / .parquet)
+    output: Optional[str] = None                # output folder (any Beam filesystem path)
+    decode: DecodeConfig = field(default_factory=DecodeConfig)
+    faces: FacesConfig = field(default_factory=FacesConfig)
+    emotion: EmotionConfig = field(default_factory=EmotionConfig)
+    aggregate: AggregateConfig = field(default_factory=AggregateConfig)
+    models: ModelsConfig = field(default_factory=ModelsConfig)
+    progress: bool = True
+
+
+@dataclass
+class RunConfig:
+    pipeline_options: dict
+    job: JobConfig
+
+    def beam_args(self) -> list[str]:
+        """pipeline_options as Beam command-line flags."""
+        args = []
+        for key, value in self.pipeline_options.items():
+            if value is None or value is False:
+                continue
+            if value is True:
+                args.append(f"--{key}")
+            elif isinstance(value, (list, tuple)):
+                args += [f"--{key}={v}" for v in value]
+            else:
+                args.append(f"--{key}={value}")
+        return args
+
+    def as_dict(self) -> dict:
+        return {"pipeline_options": dict(self.pipeline_options), "job": dataclasses.asdict(self.job)}
+
+
+def _build(cls, data: Mapping[str, Any], path: str):
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{path or 'job'} must be a mapping, got {type(data).__name__}")
+    hints = get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ConfigError(f"unknown key(s) {', '.join(f'{path}.{k}'.lstrip('.') for k in unknown)}; "
+                          f"allowed under {path or 'job'}: {', '.join(sorted(names))}")
+    kwargs = {}
+    for name, value in data.items():
+        hint = hints[name]
+        if dataclasses.is_dataclass(hint):
+            kwargs[name] = _build(hint, value or {}, f"{path}.{name}".lstrip("."))
+        else:
+            kwargs[name] = _coerce(value, hint, f"{path}.{name}".lstrip("."))
+    return cls(**kwargs)
+
+
+def _coerce(value, hint, path):
+    text = str(hint)
+    if value is None:
+        if "Optional" in text or "None" in text:
+            return None
+        raise ConfigError(f"{path} must not be null")
+    if hint is bool or text == "bool":
+        if not isinstance(value, bool):
+            raise ConfigError(f"{path} must be true or false, got {value!r}")
+        return value
+    if "float" in text and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if hint is int or text == "int":
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise ConfigError(f"{path} must be an integer, got {value!r}")
+        return value
+    if "str" in text and not isinstance(value, str):
+        raise ConfigError(f"{path} must be a string, got {value!r}")
+    if hint is dict and not isinstance(value, dict):
+        raise ConfigError(f"{path} must be a mapping, got {value!r}")
+    if "float" in text and not isinstance(value, (int, float)):
+        raise ConfigError(f"{path} must be a number, got {value!r}")
+    return value
+
+
+def _set_dotted(tree: dict, dotted: str, value) -> None:
+    keys = dotted.split(".")
+    node = tree
+    for key in keys[:-1]:
+        node = node.setdefault(key, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"cannot set {dotted}: {key} is not a section")
+    node[keys[-1]] = value
+
+
+def load_config(path: Optional[str | os.PathLike] = None, overrides: Mapping[str, Any] | None = None,
+                sets: list[str] | None = None) -> RunConfig:
+    """Read a runner YAML (default runner_configs/local.yaml), apply overrides, validate.
+
+    ``overrides`` maps dotted keys to values (e.g. from --input/--output); ``sets`` are
+    ``key=value`` strings from ``--set``.
+    """
+    path = Path(path) if path else DEFAULT_CONFIG
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: top level must be a mapping with pipeline_options and job")
+    unknown = sorted(set(raw) - {"pipeline_options", "job"})
+    if unknown:
+        raise ConfigError(f"{path}: unknown top-level key(s) {unknown}; allowed: pipeline_options, job")
+    tree = {"pipeline_options": dict(raw.get("pipeline_options") or {}), "job": dict(raw.get("job") or {})}
+    for item in sets or []:
+        if "=" not in item:
+            raise ConfigError(f"--set takes key=value, got {item!r}")
+        key, text = item.split("=", 1)
+        key = key.strip()
+        if not key.startswith(("pipeline_options.", "job.")):
+            key = "job." + key
+        _set_dotted(tree, key, yaml.safe_load(text))
+    for key, value in (overrides or {}).items():
+        if value is not None:
+            _set_dotted(tree, "job." + key, value)
+    job = _build(JobConfig, tree["job"], "")
+    return RunConfig(tree["pipeline_options"], job)

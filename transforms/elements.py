@@ -1,0 +1,122 @@
+"""Typed elements that flow between the stages.
+
+Only small descriptors cross a shuffle (VideoInput, VideoInfo, WorkUnit, summaries);
+frames never leave the DoFn that decodes them, and what flows from face extraction to
+the emotion model is a chunk of 64x64 crops (about 4 KB a face).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class VideoInput:
+    """One matched input file."""
+    video_id: str
+    path: str
+    true_label: Optional[str] = None
+    subject_id: Optional[str] = None
+    extra: tuple[tuple[str, Any], ...] = ()     # other manifest columns, carried to the video table
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    """What probing the container found; the input of segmentation and of the video row."""
+    input: VideoInput
+    content_sha256: str
+    size_bytes: int
+    codec: str
+    width: int
+    height: int
+    fps: float
+    frame_count_header: int
+    segment_frames: int          # frames per work unit (the last unit runs to the end of the file)
+    segments: int
+
+    @property
+    def video_id(self) -> str:
+        return self.input.video_id
+
+
+@dataclass(frozen=True)
+class WorkUnit:
+    """A time segment of one video: frames [start_frame, end_frame); end None = to end of file."""
+    video: VideoInfo
+    segment_index: int
+    start_frame: int
+    end_frame: Optional[int]
+
+    @property
+    def key(self) -> tuple[str, int]:
+        return (self.video.video_id, self.segment_index)
+
+
+@dataclass
+class FaceChunk:
+    """Up to `chunk_frames` consecutive sampled frames of one work unit and their faces.
+
+    Frame arrays have one entry per sampled frame (n); face arrays one entry per face
+    (m): `face_frame` says which frame (0..n-1) a face belongs to. `crops` are the
+    emotion model's input, 64x64 uint8 grey. `last` marks the final chunk of a unit;
+    `frames_decoded` counts every decoded frame of this chunk, sampled or not.
+    """
+    video_id: str
+    segment_index: int
+    chunk_index: int
+    last: bool
+    frame_width: int
+    frame_height: int
+    frames_decoded: int
+    frame_index: np.ndarray            # int64[n]
+    timestamp_s: np.ndarray            # float64[n]
+    faces_in_frame: np.ndarray         # int16[n], faces detected (before keep_all_faces filtering)
+    face_frame: np.ndarray             # int32[m]
+    face_index: np.ndarray             # int16[m], 0 = primary
+    boxes: np.ndarray                  # float32[m, 4] x, y, w, h pixels
+    scores: np.ndarray                 # float32[m]
+    crops: np.ndarray                  # uint8[m, 64, 64]
+
+    def __len__(self) -> int:          # RunInference counts examples with len()
+        return len(self.crops)
+
+
+@dataclass
+class ScoredChunk:
+    """A FaceChunk with the emotion model's probabilities, float32[m, n_labels]."""
+    chunk: FaceChunk
+    probs: np.ndarray
+    labels: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class ChunkSummary:
+    """What writing one chunk's frame rows produced; summed per video by aggregation."""
+    video_id: str
+    segment_index: int
+    chunk_index: int
+    last: bool                         # the final chunk of its segment
+    frames_decoded: int
+    frames_sampled: int
+    frames_with_face: int
+    label_counts: tuple[int, ...]      # primary-face frames per label, in the model's label order
+    last_timestamp_s: Optional[float]
+    rows_written: int
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """A failure, recorded as data: one per failed probe, segment or write."""
+    video_id: str
+    source_path: str
+    stage: str
+    error_type: str
+    error_message: str
+    segment_index: Optional[int] = None
+
+    @classmethod
+    def from_exception(cls, video_id: str, source_path: str, stage: str, exc: BaseException,
+                       segment_index: Optional[int] = None) -> "DeadLetter":
+        return cls(video_id, source_path, stage, type(exc).__name__, str(exc)[:2000], segment_index)

@@ -1,0 +1,30 @@
+"""ScoreEmotions: FaceChunk -> ScoredChunk through Beam's RunInference."""
+from __future__ import annotations
+
+from typing import Optional
+
+import apache_beam as beam
+from apache_beam.ml.inference.base import RunInference
+
+from models.emotion import EmotionModelHandler
+
+
+class ScoreEmotions(beam.PTransform):
+    """PCollection[FaceChunk] -> PCollection[ScoredChunk]: 7 probabilities per face.
+
+    One model per worker process (RunInference's shared handle); each chunk's crops go
+    through the network in sub-batches of ``max_batch``. Chunks with no face pass with
+    an empty probability array.
+
+    Example::
+
+        scored = chunks | ScoreEmotions("fer_mini_xception")
+    """
+
+    def __init__(self, model_name: str = "fer_mini_xception", model_path: Optional[str] = None,
+                 max_batch: int = 256):
+        super().__init__()
+        self.handler = EmotionModelHandler(model_name, model_path, max_batch)
+
+    def expand(self, chunks):
+        return chunks | "RunEmotionModel" >> RunInference(self.handler)

@@ -1,0 +1,180 @@
+"""AggregateVideos: everything known about each video -> its video row and dead letters, written.
+
+Joins, per video id, the matched input, its probe result, the summaries of every frame
+chunk written and every dead letter. Status:
+
+* failed   - any dead letter, a segment whose chunks did not all arrive, or a truncated file;
+* no_face  - decoded, but no sampled frame had a face;
+* ok       - otherwise.
+
+Every matched input yields exactly one video row, so ok + no_face + failed = matched.
+Files: ``videos/video_id=<id>/part-00000.parquet`` and
+``dead_letters/video_id=<id>/part-00000.parquet`` (zero rows when nothing failed).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable, Mapping, Optional, Sequence
+
+import apache_beam as beam
+import numpy as np
+import pyarrow as pa
+from apache_beam.io.filesystems import FileSystems
+
+from schemas.tables import dead_letter_schema, video_schema
+from transforms.aggregate import LABEL_COLUMNS_NULLED_WHEN_FAILED, AggregationSettings, video_labels
+from transforms.elements import ChunkSummary, DeadLetter, VideoInfo, VideoInput
+from transforms.write import partition_dir, records_table, write_parquet
+
+TRUNCATION_RATIO = 0.9
+
+
+@dataclass(frozen=True)
+class VideoOutcome:
+    """What the run reports per video (the row itself is on disk)."""
+    video_id: str
+    status: str
+    frames_sampled: int
+    frames_with_face: int
+
+
+def _missing_segments(info: VideoInfo, summaries: Sequence[ChunkSummary]) -> list[int]:
+    chunks: dict[int, set[int]] = {}
+    last: dict[int, int] = {}
+    for s in summaries:
+        chunks.setdefault(s.segment_index, set()).add(s.chunk_index)
+        if s.last:
+            last[s.segment_index] = s.chunk_index
+    return [seg for seg in range(info.segments)
+            if seg not in last or chunks[seg] != set(range(last[seg] + 1))]
+
+
+def completeness_failures(video: VideoInput, info: Optional[VideoInfo],
+                          summaries: Sequence[ChunkSummary]) -> list[DeadLetter]:
+    """Failures only visible once all of a video's chunks are together.
+
+    * a segment whose chunks did not all arrive (IncompleteOutput);
+    * fewer frames decoded than TRUNCATION_RATIO of what the container header announces
+      (TruncatedVideo): the frames that did decode are kept in the frame table, the video
+      is failed. Headers are often off by a few frames, hence the ratio.
+    """
+    if info is None:
+        return []
+    failures = []
+    missing = _missing_segments(info, summaries)
+    if missing:
+        failures.append(DeadLetter(video.video_id, video.path, "aggregate", "IncompleteOutput",
+                                   f"segments {missing} produced no complete frame output"))
+    decoded = sum(s.frames_decoded for s in summaries)
+    if info.frame_count_header and decoded < TRUNCATION_RATIO * info.frame_count_header:
+        failures.append(DeadLetter(video.video_id, video.path, "decode", "TruncatedVideo",
+                                   f"decoded {decoded} of the {info.frame_count_header} frames the container "
+                                   f"header announces; the file is truncated or damaged"))
+    return failures
+
+
+def build_video_row(video: VideoInput, info: Optional[VideoInfo], summaries: Sequence[ChunkSummary],
+                    failures: Sequence[DeadLetter], settings: AggregationSettings, run_id: str) -> dict:
+    """The video table row for one input (see schemas.video_columns for every column).
+
+    ``failures`` must already include `completeness_failures`.
+    """
+    counts = np.zeros(len(settings.labels), np.int64)
+    for s in summaries:
+        counts += np.asarray(s.label_counts, np.int64)
+    frames_sampled = sum(s.frames_sampled for s in summaries)
+    frames_with_face = sum(s.frames_with_face for s in summaries)
+    row = {
+        "video_id": video.video_id, "source_path": video.path,
+        "true_label": video.true_label, "subject_id": video.subject_id, "run_id": run_id,
+        "frames_decoded": sum(s.frames_decoded for s in summaries), "frames_sampled": frames_sampled,
+        "frames_with_face": frames_with_face,
+        "face_coverage": frames_with_face / frames_sampled if frames_sampled else None,
+        **dict(video.extra),
+    }
+    if info is not None:
+        last_ts = max((s.last_timestamp_s for s in summaries if s.last_timestamp_s is not None), default=None)
+        row.update({
+            "content_sha256": info.content_sha256, "size_bytes": info.size_bytes, "codec": info.codec,
+            "width": info.width, "height": info.height, "fps": info.fps,
+            "frame_count_header": info.frame_count_header, "segments": info.segments,
+            "duration_s": None if last_ts is None else last_ts + 1.0 / info.fps,
+        })
+    errors = [f"{f.stage}: {f.error_type}: {f.error_message}" for f in failures]
+    if info is None and not errors:
+        errors.append("aggregate: MissingProbe: the video was never probed")
+    row.update(video_labels(counts, settings))
+    if errors:
+        row["status"] = "failed"
+        row["error"] = " | ".join(errors)
+        row.update({c: None for c in LABEL_COLUMNS_NULLED_WHEN_FAILED})
+    else:
+        row["status"] = "ok" if frames_with_face else "no_face"
+    return row
+
+
+def dead_letter_rows(failures: Iterable[DeadLetter], run_id: str) -> list[dict]:
+    return [{"video_id": f.video_id, "source_path": f.source_path, "stage": f.stage,
+             "segment_index": f.segment_index, "error_type": f.error_type,
+             "error_message": f.error_message, "run_id": run_id} for f in failures]
+
+
+class WriteVideoFn(beam.DoFn):
+    """(video_id, {inputs, infos, summaries, failures}) -> VideoOutcome, writing its files."""
+
+    def __init__(self, root: str, settings: AggregationSettings, run_id: str, extra_fields: Sequence[pa.Field],
+                 file_metadata: Mapping[str, str]):
+        self._root = root
+        self._settings = settings
+        self._run_id = run_id
+        self._extra = list(extra_fields)
+        self._metadata = dict(file_metadata)
+        self._schema = None
+
+    def setup(self):
+        self._schema = video_schema(self._settings.labels, self._settings.broad_labels, self._extra)
+
+    def process(self, keyed):
+        video_id, grouped = keyed
+        inputs = list(grouped["inputs"])
+        if not inputs:          # a summary for an id nobody asked for would be a bug upstream
+            raise RuntimeError(f"video {video_id} has results but is not a matched input")
+        infos = list(grouped["infos"])
+        info = infos[0] if infos else None
+        summaries = list(grouped["summaries"])
+        failures = sorted(grouped["failures"], key=lambda f: (-1 if f.segment_index is None else f.segment_index, f.stage))
+        failures += completeness_failures(inputs[0], info, summaries)
+        row = build_video_row(inputs[0], info, summaries, failures, self._settings, self._run_id)
+        write_parquet(records_table([row], self._schema),
+                      FileSystems.join(partition_dir(self._root, "videos", video_id), "part-00000.parquet"),
+                      self._metadata)
+        # Written for every video, empty when nothing failed, so the table always exists for readers.
+        write_parquet(records_table(dead_letter_rows(failures, self._run_id), dead_letter_schema()),
+                      FileSystems.join(partition_dir(self._root, "dead_letters", video_id), "part-00000.parquet"),
+                      self._metadata)
+        yield VideoOutcome(video_id, row["status"], row["frames_sampled"], row["frames_with_face"])
+
+
+def _key(element):
+    return (element.video_id, element)
+
+
+class AggregateVideos(beam.PTransform):
+    """{inputs, infos, summaries, failures} PCollections -> PCollection[VideoOutcome].
+
+    Example::
+
+        outcomes = {"inputs": inputs, "infos": infos, "summaries": summaries,
+                    "failures": failures} | AggregateVideos(root, settings, run_id, [], {})
+    """
+
+    def __init__(self, root: str, settings: AggregationSettings, run_id: str,
+                 extra_fields: Sequence[pa.Field] = (), file_metadata: Mapping[str, str] | None = None):
+        super().__init__()
+        self._fn = WriteVideoFn(root, settings, run_id, extra_fields, file_metadata or {})
+
+    def expand(self, pcolls):
+        keyed = {name: pcoll | f"KeyByVideo{name.title()}" >> beam.Map(_key) for name, pcoll in pcolls.items()}
+        return (keyed
+                | "GroupByVideo" >> beam.CoGroupByKey()
+                | "BuildAndWriteVideoRows" >> beam.ParDo(self._fn))
