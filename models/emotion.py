@@ -34,10 +34,29 @@ def normalise_crops(crops: np.ndarray) -> np.ndarray:
     return ((x - 0.5) * 2.0)[..., None]
 
 
-def load_keras_model(path: str):
+class KerasClassifier:
+    """A Keras classifier with one traced inference function for every batch size.
+
+    ``model.predict_on_batch`` retraces its tf.function for each new batch shape (about
+    0.5 s each: every chunk's last, smaller sub-batch paid it); a tf.function with a
+    ``None`` batch dimension is traced once.
+    """
+
+    def __init__(self, model):
+        import tensorflow as tf
+        self.model = model
+        self.n_outputs = int(model.output_shape[-1])
+        spec = tf.TensorSpec([None, *model.input_shape[1:]], tf.float32)
+        self._predict = tf.function(lambda x: model(x, training=False), input_signature=[spec], reduce_retracing=True)
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        return self._predict(x).numpy()
+
+
+def load_keras_model(path: str) -> KerasClassifier:
     """Load a Keras .hdf5/.keras classifier without its training configuration."""
     import keras
-    return keras.models.load_model(path, compile=False)
+    return KerasClassifier(keras.models.load_model(path, compile=False))
 
 
 class EmotionModelHandler(ModelHandler[FaceChunk, ScoredChunk, Any]):
@@ -59,7 +78,7 @@ class EmotionModelHandler(ModelHandler[FaceChunk, ScoredChunk, Any]):
 
     def load_model(self):
         model = load_keras_model(self.resolve().paths["weights"])
-        n_out = model.output_shape[-1]
+        n_out = model.n_outputs
         if n_out != len(self._labels):
             raise ValueError(f"model {self._model_name!r} has {n_out} outputs but its registry entry "
                              f"lists {len(self._labels)} labels")
@@ -79,11 +98,11 @@ class EmotionModelHandler(ModelHandler[FaceChunk, ScoredChunk, Any]):
         return "affectflow_emotion"
 
 
-def predict_probabilities(model, crops: np.ndarray, max_batch: int = 256) -> np.ndarray:
+def predict_probabilities(model: KerasClassifier, crops: np.ndarray, max_batch: int = 256) -> np.ndarray:
     """float32[m, n_labels] probabilities for uint8 crops; rows sum to 1 (renormalised)."""
     if len(crops) == 0:
-        return np.zeros((0, model.output_shape[-1]), np.float32)
-    outs = [np.asarray(model.predict_on_batch(normalise_crops(crops[i:i + max_batch])), np.float32)
+        return np.zeros((0, model.n_outputs), np.float32)
+    outs = [np.asarray(model.predict(normalise_crops(crops[i:i + max_batch])), np.float32)
             for i in range(0, len(crops), max_batch)]
     probs = np.concatenate(outs)
     # The softmax sums to 1 up to float32 rounding; renormalise so every row is exact.

@@ -33,7 +33,7 @@ class ConfigError(ValueError):
 
 @dataclass
 class DecodeConfig:
-    segment_seconds: Optional[float] = 60.0   # work-unit length; null = one unit per video
+    segment_seconds: Optional[float] = 10.0   # work-unit length; null = one unit per video
     sample_fps: Optional[float] = None         # null = every frame
     chunk_frames: int = 1024                   # sampled frames per chunk = per frame Parquet file
 
@@ -139,7 +139,7 @@ def _coerce(value, hint, path):
         raise ConfigError(f"{path} must be a string, got {value!r}")
     if hint is dict and not isinstance(value, dict):
         raise ConfigError(f"{path} must be a mapping, got {value!r}")
-    if "float" in text and not isinstance(value, (int, float)):
+    if "float" in text and (not isinstance(value, (int, float)) or isinstance(value, bool)):
         raise ConfigError(f"{path} must be a number, got {value!r}")
     return value
 

@@ -28,8 +28,8 @@ from schemas.tables import FALLBACKS, broad_count_column, count_column, frac_col
 
 DEFAULT_BROAD_MAP = {"happy": "positive", "surprise": "positive", "angry": "negative", "disgust": "negative",
                      "fear": "negative", "sad": "negative", "neutral": "neutral"}
-# Comparing n_m >= threshold * n_total in floating point would make 0.15 * 20 = 3.0000000000000004
-# reject n_m = 3; a tolerance far below one frame keeps the rule exact.
+# Thresholds from a sweep carry rounding (3 * 0.05 = 0.15000000000000002, times 20 frames is
+# 3.0000000000000004), which would reject n_m = 3; a tolerance far below one frame keeps the rule exact.
 _EPS = 1e-9
 
 
@@ -96,8 +96,9 @@ def apply_methods(counts: np.ndarray, labels: Sequence[str], neutral_label: str,
     passes = n_m >= threshold * n_total - _EPS
     fallback_label = top1 if fallback == "top1" else np.full(len(counts), neutral_label, dtype=object)
     chosen = np.where(passes & has_frames, names[m_idx], fallback_label)
+    # No non-neutral frame at all: there is no candidate m (not the first label with count 0).
     return MethodResult(top1=top1,
-                        candidate=np.where(has_frames, names[m_idx], None),
+                        candidate=np.where(has_frames & (n_m > 0), names[m_idx], None),
                         candidate_count=np.where(has_frames, n_m, 0),
                         threshold=np.where(has_frames, chosen, None),
                         n_total=n_total)

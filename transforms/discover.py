@@ -86,7 +86,9 @@ def _read_table(path: str) -> pa.Table:
     if path.lower().endswith(".parquet"):
         return pq.read_table(io.BytesIO(data))
     # Ids and labels stay strings even when they look like numbers.
-    convert = pacsv.ConvertOptions(column_types={c: pa.string() for c in RESERVED_MANIFEST_COLUMNS})
+    # An empty cell is "not given" (null), never an empty-string label.
+    convert = pacsv.ConvertOptions(column_types={c: pa.string() for c in RESERVED_MANIFEST_COLUMNS},
+                                   strings_can_be_null=True, null_values=[""])
     return pacsv.read_csv(io.BytesIO(data), convert_options=convert)
 
 
