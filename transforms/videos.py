@@ -49,17 +49,19 @@ def _missing_segments(info: VideoInfo, summaries: Sequence[ChunkSummary]) -> lis
             if seg not in last or chunks[seg] != set(range(last[seg] + 1))]
 
 
-def completeness_failures(video: VideoInput, info: Optional[VideoInfo],
-                          summaries: Sequence[ChunkSummary]) -> list[DeadLetter]:
-    """Failures only visible once all of a video's chunks are together.
+def completeness_failures(video: VideoInput, info: Optional[VideoInfo], summaries: Sequence[ChunkSummary],
+                          failures: Sequence[DeadLetter]) -> list[DeadLetter]:
+    """Failures only visible once everything about a video is together (``failures``: those known).
 
+    * no probe result and no failure explaining it (MissingProbe);
     * a segment whose chunks did not all arrive (IncompleteOutput);
     * fewer frames decoded than TRUNCATION_RATIO of what the container header announces
       (TruncatedVideo): the frames that did decode are kept in the frame table, the video
       is failed. Headers are often off by a few frames, hence the ratio.
     """
     if info is None:
-        return []
+        return [] if failures else [DeadLetter(video.video_id, video.path, "aggregate", "MissingProbe",
+                                               "the video was never probed")]
     failures = []
     missing = _missing_segments(info, summaries)
     if missing:
@@ -101,8 +103,6 @@ def build_video_row(video: VideoInput, info: Optional[VideoInfo], summaries: Seq
             "duration_s": None if last_ts is None else last_ts + 1.0 / info.fps,
         })
     errors = [f"{f.stage}: {f.error_type}: {f.error_message}" for f in failures]
-    if info is None and not errors:
-        errors.append("aggregate: MissingProbe: the video was never probed")
     row.update(video_labels(counts, settings))
     if errors:
         row["status"] = "failed"
@@ -143,7 +143,7 @@ class WriteVideoFn(beam.DoFn):
         info = infos[0] if infos else None
         summaries = list(grouped["summaries"])
         failures = sorted(grouped["failures"], key=lambda f: (-1 if f.segment_index is None else f.segment_index, f.stage))
-        failures += completeness_failures(inputs[0], info, summaries)
+        failures += completeness_failures(inputs[0], info, summaries, failures)
         row = build_video_row(inputs[0], info, summaries, failures, self._settings, self._run_id)
         write_parquet(records_table([row], self._schema),
                       FileSystems.join(partition_dir(self._root, "videos", video_id), "part-00000.parquet"),
