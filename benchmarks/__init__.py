@@ -1,0 +1,1 @@
+"""Benchmarks for affectflow (run them as scripts; nothing here is imported by the package)."""
