@@ -135,7 +135,8 @@ class BlazeFaceDetector:
         size = self.input_size
         scale = max(h, w) / size
         new_w, new_h = max(int(round(w / scale)), 1), max(int(round(h / scale)), 1)
-        resized = cv2.resize(frame_bgr, (new_w, new_h), interpolation=cv2.INTER_AREA)
+        # Bilinear, as MediaPipe's ImageToTensor: INTER_AREA cost 0.31 ms of a 1.0 ms detection here.
+        resized = cv2.resize(frame_bgr, (new_w, new_h), interpolation=cv2.INTER_LINEAR)
         pad_x, pad_y = (size - new_w) // 2, (size - new_h) // 2
         canvas = np.zeros((size, size, 3), np.uint8)
         canvas[pad_y:pad_y + new_h, pad_x:pad_x + new_w] = resized

@@ -50,6 +50,7 @@ class FacesConfig:
 class EmotionConfig:
     model: str = "fer_mini_xception"
     max_batch: int = 256
+    runtime: str = "tflite"                     # tflite (compiled once from the Keras file, verified) | keras
 
 
 @dataclass

@@ -64,23 +64,23 @@ def build(p: beam.Pipeline, config: RunConfig, inputs: Sequence[VideoInput], sta
     metadata = file_metadata or {}
     paths = job.models.paths
     videos = p | "MatchedInputs" >> beam.Create(list(inputs))
-    infos, probe_failures = split_errors(videos | "ProbeVideos" >> ProbeVideos(job.decode.segment_seconds), "Probe")
-    chunks, extract_failures = split_errors(
-        infos
-        | "SplitIntoWorkUnits" >> SplitIntoWorkUnits()
-        | "ExtractFaces" >> ExtractFaces(job.faces.detector, paths.get(job.faces.detector), job.faces.min_score,
-                                         job.faces.keep_all_faces, job.faces.crop_margin, job.decode.chunk_frames,
-                                         job.decode.sample_fps),
-        "Extract")
-    summaries, write_failures = split_errors(
-        chunks
-        | "ScoreEmotions" >> ScoreEmotions(job.emotion.model, paths.get(job.emotion.model), job.emotion.max_batch)
-        | "WriteFrames" >> WriteFrames(staging_root, {v.video_id: v.path for v in inputs}, metadata),
-        "Write")
-    failures = (probe_failures, extract_failures, write_failures) | "AllDeadLetters" >> beam.Flatten()
-    # AggregateVideos depends on every other branch and is applied last: the DaskRunner
-    # computes only the graph behind the last transform applied.
-    outcomes = ({"inputs": videos, "infos": infos, "summaries": summaries, "failures": failures}
+    probed = videos | "ProbeVideos" >> ProbeVideos(job.decode.segment_seconds)          # VideoInfo | DeadLetter
+    extracted = (probed
+                 | "SplitIntoWorkUnits" >> SplitIntoWorkUnits()                       # skips dead letters
+                 | "ExtractFaces" >> ExtractFaces(job.faces.detector, paths.get(job.faces.detector),
+                                                  job.faces.min_score, job.faces.keep_all_faces,
+                                                  job.faces.crop_margin, job.decode.chunk_frames,
+                                                  job.decode.sample_fps))            # FaceChunk | DeadLetter
+    chunks, extract_failures = split_errors(extracted, "Extract")
+    written = (chunks
+               | "ScoreEmotions" >> ScoreEmotions(job.emotion.model, paths.get(job.emotion.model),
+                                                  job.emotion.max_batch, job.emotion.runtime)
+               | "WriteFrames" >> WriteFrames(staging_root, {v.video_id: v.path for v in inputs}, metadata))
+    # Everything known per video (probe results, chunk summaries, dead letters of every stage) goes to
+    # AggregateVideos as one PCollection. It depends on every branch and is applied last: the
+    # DaskRunner computes only the graph behind the last transform applied.
+    results = (probed, extract_failures, written) | "AllVideoResults" >> beam.Flatten()
+    outcomes = ({"inputs": videos, "results": results}
                 | "AggregateVideos" >> AggregateVideos(staging_root, aggregation_settings(config), run_id,
                                                        extra_fields, metadata))
     return PipelineOutputs(outcomes)

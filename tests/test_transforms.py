@@ -537,9 +537,7 @@ def test_aggregate_videos_statuses_errors_and_labels(tmp_path):
 
     with TestPipeline() as p:
         outcomes = ({"inputs": p | "Inputs" >> beam.Create([ok, no_face, bad, partial, short, lost]),
-                     "infos": p | "Infos" >> beam.Create(infos),
-                     "summaries": p | "Summaries" >> beam.Create(summaries),
-                     "failures": p | "Failures" >> beam.Create(failures)}
+                     "results": p | "Results" >> beam.Create(infos + summaries + failures)}
                     | AggregateVideos(root, settings, "run-1"))
         assert_that(outcomes, equal_to([
             VideoOutcome("ok", "ok", 20, 10), VideoOutcome("no_face", "no_face", 10, 0),
@@ -598,9 +596,7 @@ def test_aggregate_videos_writes_a_dead_letter_for_every_failed_video(tmp_path):
     lost = VideoInput("lost", "/videos/lost.mp4")
     with TestPipeline() as p:
         outcomes = ({"inputs": p | "Inputs" >> beam.Create([lost]),
-                     "infos": p | "Infos" >> beam.Create([]),
-                     "summaries": p | "Summaries" >> beam.Create([]),
-                     "failures": p | "Failures" >> beam.Create([])}
+                     "results": p | "Results" >> beam.Create([])}
                     | AggregateVideos(root, AggregationSettings(LABELS), "run-1"))
         assert_that(outcomes, equal_to([VideoOutcome("lost", "failed", 0, 0)]))
     dead = pq.read_table(Path(root) / "dead_letters").to_pylist()
@@ -619,12 +615,12 @@ def test_truncated_file_is_decoded_as_far_as_it_goes_and_failed(wolfgang, tmp_pa
     inputs = [VideoInput("trunc", str(video))]
     with TestPipeline() as p:
         videos = p | "Inputs" >> beam.Create(inputs)
-        infos, probe_failures = split_errors(videos | ProbeVideos(segment_seconds=5.0), "Probe")
-        chunks, extract_failures = split_errors(infos | SplitIntoWorkUnits() | ExtractFaces(chunk_frames=8),
+        probed = videos | ProbeVideos(segment_seconds=5.0)
+        chunks, extract_failures = split_errors(probed | SplitIntoWorkUnits() | ExtractFaces(chunk_frames=8),
                                                 "Extract")
-        summaries = chunks | ScoreEmotions() | WriteFrames(root, {"trunc": str(video)}, {})
-        failures = (probe_failures, extract_failures) | beam.Flatten()
-        outcomes = ({"inputs": videos, "infos": infos, "summaries": summaries, "failures": failures}
+        written = chunks | ScoreEmotions() | WriteFrames(root, {"trunc": str(video)}, {})
+        results = (probed, extract_failures, written) | beam.Flatten()
+        outcomes = ({"inputs": videos, "results": results}
                     | AggregateVideos(root, AggregationSettings(LABELS), "run-1"))
         assert_that(outcomes, equal_to([VideoOutcome("trunc", "failed", decodable, decodable)]))
 

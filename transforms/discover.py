@@ -150,7 +150,10 @@ class ProbeVideoFn(beam.DoFn):
             yield DeadLetter.from_exception(video.video_id, video.path, "probe", exc)
 
 
-def work_units(info: VideoInfo) -> Iterator[WorkUnit]:
+def work_units(info: Union[VideoInfo, DeadLetter]) -> Iterator[WorkUnit]:
+    """The segments of a probed video; nothing for a video whose probe failed."""
+    if isinstance(info, DeadLetter):
+        return
     for s in range(info.segments):
         start = s * info.segment_frames
         end = None if s == info.segments - 1 else start + info.segment_frames
@@ -177,7 +180,7 @@ class ProbeVideos(beam.PTransform):
 
 
 class SplitIntoWorkUnits(beam.PTransform):
-    """PCollection[VideoInfo] -> PCollection[WorkUnit], redistributed across workers.
+    """PCollection[VideoInfo | DeadLetter] -> PCollection[WorkUnit], redistributed across workers.
 
     The Reshuffle breaks fusion after the fan-out, so the segments of one long video
     are decoded by different workers instead of all by the one that probed it.

@@ -22,9 +22,9 @@ class ScoreEmotions(beam.PTransform):
     """
 
     def __init__(self, model_name: str = "fer_mini_xception", model_path: Optional[str] = None,
-                 max_batch: int = 256):
+                 max_batch: int = 256, runtime: str = "tflite"):
         super().__init__()
-        self.handler = EmotionModelHandler(model_name, model_path, max_batch)
+        self.handler = EmotionModelHandler(model_name, model_path, max_batch, runtime)
 
     def expand(self, chunks):
         return chunks | "RunEmotionModel" >> RunInference(self.handler)

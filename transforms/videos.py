@@ -120,7 +120,7 @@ def dead_letter_rows(failures: Iterable[DeadLetter], run_id: str) -> list[dict]:
 
 
 class WriteVideoFn(beam.DoFn):
-    """(video_id, {inputs, infos, summaries, failures}) -> VideoOutcome, writing its files."""
+    """(video_id, {inputs, results}) -> VideoOutcome, writing the video's row and dead letters."""
 
     def __init__(self, root: str, settings: AggregationSettings, run_id: str, extra_fields: Sequence[pa.Field],
                  file_metadata: Mapping[str, str]):
@@ -137,12 +137,14 @@ class WriteVideoFn(beam.DoFn):
     def process(self, keyed):
         video_id, grouped = keyed
         inputs = list(grouped["inputs"])
-        if not inputs:          # a summary for an id nobody asked for would be a bug upstream
+        if not inputs:          # a result for an id nobody asked for would be a bug upstream
             raise RuntimeError(f"video {video_id} has results but is not a matched input")
-        infos = list(grouped["infos"])
+        results = list(grouped["results"])
+        infos = [r for r in results if isinstance(r, VideoInfo)]
+        summaries = [r for r in results if isinstance(r, ChunkSummary)]
+        failures = sorted((r for r in results if isinstance(r, DeadLetter)),
+                          key=lambda f: (-1 if f.segment_index is None else f.segment_index, f.stage))
         info = infos[0] if infos else None
-        summaries = list(grouped["summaries"])
-        failures = sorted(grouped["failures"], key=lambda f: (-1 if f.segment_index is None else f.segment_index, f.stage))
         failures += completeness_failures(inputs[0], info, summaries, failures)
         row = build_video_row(inputs[0], info, summaries, failures, self._settings, self._run_id)
         write_parquet(records_table([row], self._schema),
@@ -160,12 +162,12 @@ def _key(element):
 
 
 class AggregateVideos(beam.PTransform):
-    """{inputs, infos, summaries, failures} PCollections -> PCollection[VideoOutcome].
+    """{"inputs": PCollection[VideoInput], "results": PCollection[VideoInfo | ChunkSummary | DeadLetter]}
+    -> PCollection[VideoOutcome], one per input, after writing its video row and dead letters.
 
     Example::
 
-        outcomes = {"inputs": inputs, "infos": infos, "summaries": summaries,
-                    "failures": failures} | AggregateVideos(root, settings, run_id, [], {})
+        outcomes = {"inputs": inputs, "results": results} | AggregateVideos(root, settings, run_id)
     """
 
     def __init__(self, root: str, settings: AggregationSettings, run_id: str,

@@ -29,6 +29,15 @@ def partition_dir(root: str, table: str, video_id: str) -> str:
     return FileSystems.join(root, table, f"{PARTITION_COLUMN}={video_id}")
 
 
+def _ensure_dir(path: str) -> None:
+    """mkdir -p that tolerates another worker creating the folder at the same moment."""
+    try:
+        FileSystems.mkdirs(path)
+    except IOError:
+        if not FileSystems.exists(path):
+            raise
+
+
 def write_parquet(table: pa.Table, path: str, metadata: Optional[Mapping[str, str]] = None) -> None:
     """Write ``table`` (its partition column dropped) to any Beam filesystem path."""
     if PARTITION_COLUMN in table.column_names:
@@ -37,8 +46,7 @@ def write_parquet(table: pa.Table, path: str, metadata: Optional[Mapping[str, st
         merged = dict(table.schema.metadata or {})
         merged.update({k.encode(): v.encode() for k, v in metadata.items()})
         table = table.replace_schema_metadata(merged)
-    parent = path.rsplit("/", 1)[0]
-    FileSystems.mkdirs(parent) if not FileSystems.exists(parent) else None
+    _ensure_dir(path.rsplit("/", 1)[0])
     with FileSystems.create(path) as fh:
         pq.write_table(table, fh, compression=COMPRESSION)
 
@@ -101,10 +109,10 @@ def chunk_summary(scored: ScoredChunk) -> ChunkSummary:
     return ChunkSummary(
         video_id=c.video_id, segment_index=c.segment_index, chunk_index=c.chunk_index, last=c.last,
         frames_decoded=c.frames_decoded, frames_sampled=len(c.frame_index),
-        frames_with_face=int(np.count_nonzero(c.faces_in_frame)) if len(c.face_index) else 0,
+        frames_with_face=int(np.count_nonzero(c.faces_in_frame)),
         label_counts=tuple(int(v) for v in counts),
         last_timestamp_s=float(c.timestamp_s[-1]) if len(c.timestamp_s) else None,
-        rows_written=0)
+        rows_written=int(len(c.face_frame) + np.count_nonzero(c.faces_in_frame == 0)))
 
 
 class WriteFrameChunksFn(beam.DoFn):
@@ -129,8 +137,7 @@ class WriteFrameChunksFn(beam.DoFn):
             if table.num_rows:
                 write_parquet(table, path, self._metadata)
             self.rows.inc(table.num_rows)
-            summary = chunk_summary(scored)
-            yield ChunkSummary(**{**summary.__dict__, "rows_written": table.num_rows})
+            yield chunk_summary(scored)
         except Exception as exc:  # noqa: BLE001
             yield DeadLetter.from_exception(c.video_id, self._source_paths.get(c.video_id, ""), "write", exc,
                                             c.segment_index)
