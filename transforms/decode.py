@@ -111,6 +111,10 @@ def is_sampled(frame_index: int, fps: float, sample_fps: Optional[float]) -> boo
     return math.floor(frame_index * ratio + 1e-9) != math.floor((frame_index - 1) * ratio + 1e-9)
 
 
+def _open(local_path: str) -> cv2.VideoCapture:
+    return cv2.VideoCapture(local_path, cv2.CAP_FFMPEG)
+
+
 @dataclass
 class DecodedFrame:
     index: int                 # 0-based decode-order index in the container
@@ -127,7 +131,7 @@ def iter_frames(local_path: str, start_frame: int = 0, end_frame: Optional[int] 
     is by frame number; if the decoder lands anywhere but ``start_frame`` the segment is
     decoded from the start of the file instead, so a segment is always exact.
     """
-    cap = cv2.VideoCapture(local_path, cv2.CAP_FFMPEG)
+    cap = _open(local_path)
     if not cap.isOpened():
         raise DecodeError("not a readable video container")
     try:
@@ -136,7 +140,7 @@ def iter_frames(local_path: str, start_frame: int = 0, end_frame: Optional[int] 
             cap.set(cv2.CAP_PROP_POS_FRAMES, start_frame)
             if int(cap.get(cv2.CAP_PROP_POS_FRAMES)) != start_frame:
                 cap.release()
-                cap = cv2.VideoCapture(local_path, cv2.CAP_FFMPEG)
+                cap = _open(local_path)
             else:
                 index = start_frame
         while end_frame is None or index < end_frame:
