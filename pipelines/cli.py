@@ -32,8 +32,10 @@ def _quiet_libraries() -> None:
 
 
 def _add_config_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", help="runner YAML (default: runner_configs/local.yaml). Its pipeline_options "
-                                         "go to Beam, its job section configures affectflow.")
+    parser.add_argument("--config", action="append", default=[], metavar="YAML",
+                        help="runner YAML, layered over runner_configs/local.yaml; repeat to add fragments "
+                             "(e.g. a calibrated threshold). pipeline_options go to Beam (whole, from the last "
+                             "file that has them); job settings merge key by key.")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override any config key, e.g. --set decode.sample_fps=5 "
                              "--set pipeline_options.direct_num_workers=2 (values are YAML)")

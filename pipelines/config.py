@@ -17,7 +17,7 @@ import dataclasses
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Optional, get_type_hints
+from typing import Any, Mapping, Optional, Sequence, get_type_hints
 
 import yaml
 
@@ -155,24 +155,49 @@ def _set_dotted(tree: dict, dotted: str, value) -> None:
     node[keys[-1]] = value
 
 
-def load_config(path: Optional[str | os.PathLike] = None, overrides: Mapping[str, Any] | None = None,
-                sets: list[str] | None = None) -> RunConfig:
-    """Read a runner YAML (default runner_configs/local.yaml), apply overrides, validate.
-
-    ``overrides`` maps dotted keys to values (e.g. from --input/--output); ``sets`` are
-    ``key=value`` strings from ``--set``.
-    """
-    path = Path(path) if path else DEFAULT_CONFIG
+def _read_yaml(path: Path) -> dict:
     try:
         raw = yaml.safe_load(path.read_text()) or {}
     except FileNotFoundError:
         raise ConfigError(f"config file {path} does not exist") from None
     if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: top level must be a mapping with pipeline_options and job")
+        raise ConfigError(f"{path}: top level must be a mapping with pipeline_options and/or job")
     unknown = sorted(set(raw) - {"pipeline_options", "job"})
     if unknown:
         raise ConfigError(f"{path}: unknown top-level key(s) {unknown}; allowed: pipeline_options, job")
-    tree = {"pipeline_options": dict(raw.get("pipeline_options") or {}), "job": dict(raw.get("job") or {})}
+    return raw
+
+
+_REPLACED_WHOLE = {"broad_map"}     # a map for another label set replaces the default, never mixes with it
+
+
+def _deep_merge(base: dict, update: Mapping) -> dict:
+    merged = dict(base)
+    for key, value in update.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping) and key not in _REPLACED_WHOLE:
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def load_config(paths: Optional[str | os.PathLike | Sequence[str | os.PathLike]] = None,
+                overrides: Mapping[str, Any] | None = None, sets: list[str] | None = None) -> RunConfig:
+    """Layer runner YAMLs over runner_configs/local.yaml, apply overrides, validate.
+
+    Layering: each file's ``job`` is merged key by key over the ones before it (so a
+    fragment such as a calibrated ``aggregate: {threshold: 0.15}`` changes just that);
+    ``pipeline_options`` come whole from the last file that has them. ``overrides`` maps
+    dotted keys to values (from --input/--output); ``sets`` are ``key=value`` strings.
+    """
+    if paths is None or isinstance(paths, (str, os.PathLike)):
+        paths = [] if paths is None else [paths]
+    tree = {"pipeline_options": {}, "job": {}}
+    for path in [DEFAULT_CONFIG, *(Path(p) for p in paths)]:
+        raw = _read_yaml(Path(path))
+        if "pipeline_options" in raw:
+            tree["pipeline_options"] = dict(raw["pipeline_options"] or {})
+        tree["job"] = _deep_merge(tree["job"], raw.get("job") or {})
     for item in sets or []:
         if "=" not in item:
             raise ConfigError(f"--set takes key=value, got {item!r}")

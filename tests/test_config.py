@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import pytest
 import yaml
@@ -159,11 +160,25 @@ def test_partial_yaml_gets_defaults(tmp_path):
 
 
 def test_empty_yaml_is_all_defaults(tmp_path):
-    """An empty file: no pipeline options, default job."""
+    """An empty file layered on local.yaml changes nothing."""
     cfg = load_config(write(tmp_path, ""))
-    assert cfg.pipeline_options == {}
-    assert cfg.beam_args() == []
+    assert cfg.pipeline_options == load_config().pipeline_options
     assert dataclasses.asdict(cfg.job) == dataclasses.asdict(JobConfig())
+
+
+def test_layered_fragment_changes_only_its_keys(tmp_path):
+    """A calibration fragment over a runner config: job keys merge, pipeline_options come from the
+    last file that has them, a broad_map replaces the default whole."""
+    dask = Path(__file__).resolve().parent.parent / "runner_configs" / "dask.yaml"
+    fragment = write(tmp_path, "job:\n  aggregate:\n    threshold: 0.15\n    fallback: top1\n"
+                               "    broad_map: {happy: pos, neutral: neu}\n")
+    cfg = load_config([dask, fragment])
+    assert cfg.pipeline_options["runner"].endswith("DaskRunner")
+    assert "direct_running_mode" not in cfg.pipeline_options
+    assert (cfg.job.aggregate.threshold, cfg.job.aggregate.fallback) == (0.15, "top1")
+    assert cfg.job.aggregate.broad_map == {"happy": "pos", "neutral": "neu"}
+    assert cfg.job.decode.segment_seconds == 30.0                 # from dask.yaml
+    assert cfg.job.faces.detector == "blazeface_short"            # from local.yaml
 
 
 def test_missing_config_file(tmp_path):
