@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import hashlib
 import json
 import logging
 import os
 import time
 import uuid
-from dataclasses import dataclass
-from typing import Iterator, Optional, Sequence
+from dataclasses import dataclass, field
+from typing import Iterator, Mapping, Optional, Sequence
 
 import apache_beam as beam
 import pyarrow as pa
@@ -31,7 +32,8 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from models.registry import ResolvedModel, get_spec, resolve
 from pipelines.config import RunConfig
-from pipelines.outputs import commit_staging, package_versions, read_table, summarise_videos
+from pipelines.outputs import (clear_stale_staging, commit_staging, package_versions, previous_fingerprints,
+                               read_table, summarise_videos, write_manifest)
 from pipelines.progress import ProgressReporter
 from transforms.aggregate import AggregationSettings
 from transforms.discover import ProbeVideos, SplitIntoWorkUnits, discover, split_errors
@@ -57,33 +59,62 @@ class PipelineOutputs:
     outcomes: beam.PCollection      # VideoOutcome, one per matched input
 
 
-def build(p: beam.Pipeline, config: RunConfig, inputs: Sequence[VideoInput], staging_root: str, run_id: str,
-          extra_fields: Sequence[pa.Field] = (), file_metadata: Optional[dict] = None) -> PipelineOutputs:
-    """Wire the extraction graph on ``p`` for ``inputs``; files go under ``staging_root``."""
+@dataclass(frozen=True)
+class RunPlan:
+    """What one run works on, decided before the graph is built."""
+    run_id: str
+    staging_root: str                               # the run writes here; execute() commits it
+    inputs: Sequence[VideoInput]
+    extra_fields: Sequence[pa.Field] = ()           # manifest columns carried to the video table
+    file_metadata: Mapping[str, str] = field(default_factory=dict)
+    previous: Mapping[str, tuple[str, str]] = field(default_factory=dict)   # id -> (sha256, fingerprint)
+    fingerprint: str = ""
+    models_json: str = "[]"
+
+
+def build(p: beam.Pipeline, config: RunConfig, plan: RunPlan) -> PipelineOutputs:
+    """Wire the extraction graph on ``p`` for ``plan.inputs``; files go under ``plan.staging_root``."""
     job = config.job
-    metadata = file_metadata or {}
     paths = job.models.paths
-    videos = p | "MatchedInputs" >> beam.Create(list(inputs))
-    probed = videos | "ProbeVideos" >> ProbeVideos(job.decode.segment_seconds)          # VideoInfo | DeadLetter
+    videos = p | "MatchedInputs" >> beam.Create(list(plan.inputs))
+    probed = (videos                                                       # VideoInfo | Unchanged | DeadLetter
+              | "ProbeVideos" >> ProbeVideos(job.decode.segment_seconds, plan.previous, plan.fingerprint))
     extracted = (probed
-                 | "SplitIntoWorkUnits" >> SplitIntoWorkUnits()                       # skips dead letters
+                 | "SplitIntoWorkUnits" >> SplitIntoWorkUnits()             # skips Unchanged and dead letters
                  | "ExtractFaces" >> ExtractFaces(job.faces.detector, paths.get(job.faces.detector),
                                                   job.faces.min_score, job.faces.keep_all_faces,
                                                   job.faces.crop_margin, job.decode.chunk_frames,
-                                                  job.decode.sample_fps))            # FaceChunk | DeadLetter
+                                                  job.decode.sample_fps))  # FaceChunk | DeadLetter
     chunks, extract_failures = split_errors(extracted, "Extract")
     written = (chunks
                | "ScoreEmotions" >> ScoreEmotions(job.emotion.model, paths.get(job.emotion.model),
                                                   job.emotion.max_batch, job.emotion.runtime)
-               | "WriteFrames" >> WriteFrames(staging_root, {v.video_id: v.path for v in inputs}, metadata))
+               | "WriteFrames" >> WriteFrames(plan.staging_root, {v.video_id: v.path for v in plan.inputs},
+                                              plan.file_metadata))
     # Everything known per video (probe results, chunk summaries, dead letters of every stage) goes to
     # AggregateVideos as one PCollection. It depends on every branch and is applied last: the
     # DaskRunner computes only the graph behind the last transform applied.
     results = (probed, extract_failures, written) | "AllVideoResults" >> beam.Flatten()
     outcomes = ({"inputs": videos, "results": results}
-                | "AggregateVideos" >> AggregateVideos(staging_root, aggregation_settings(config), run_id,
-                                                       extra_fields, metadata))
+                | "AggregateVideos" >> AggregateVideos(
+                    plan.staging_root, aggregation_settings(config), plan.run_id, plan.extra_fields,
+                    plan.file_metadata, {"settings_fingerprint": plan.fingerprint, "models": plan.models_json}))
     return PipelineOutputs(outcomes)
+
+
+# Settings that change no row: work-unit and file layout, batch sizes, where things are, display.
+_NOT_FINGERPRINTED = {("input",), ("output",), ("progress",), ("validation",), ("models",),
+                      ("decode", "segment_seconds"), ("decode", "chunk_frames"), ("emotion", "max_batch")}
+
+
+def settings_fingerprint(config: RunConfig, models: Sequence[ResolvedModel]) -> str:
+    """SHA-256 over the models' file checksums and every job setting that shapes the output rows."""
+    job = config.as_dict()["job"]
+    shaped = {section: ({k: v for k, v in value.items() if (section, k) not in _NOT_FINGERPRINTED}
+                        if isinstance(value, dict) else value)
+              for section, value in job.items() if (section,) not in _NOT_FINGERPRINTED}
+    payload = {"settings": shaped, "models": [(m.spec.name, dict(m.sha256)) for m in models]}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def resolve_models(config: RunConfig) -> list[ResolvedModel]:
@@ -111,36 +142,47 @@ def new_run_id() -> str:
     return dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:6]
 
 
-def execute(config: RunConfig, argv_for_manifest: Optional[list[str]] = None) -> dict:
-    """Run the whole job; return the run manifest (also written to <output>/run_manifest.json)."""
+def execute(config: RunConfig, argv_for_manifest: Optional[list[str]] = None, force: bool = False) -> dict:
+    """Run the whole job; return the run manifest.
+
+    Videos whose bytes, models and settings are unchanged since their row was written are
+    skipped (``force`` processes everything). The manifest goes to ``<output>/run_manifest.json``
+    (the latest run) and ``<output>/runs/<run_id>/run_manifest.json`` (kept for provenance).
+    """
     job = config.job
     if not job.input or not job.output:
         raise ValueError("both input and output are required")
     started = time.time()
     run_id = new_run_id()
     output = job.output.rstrip("/")
-    staging = FileSystems.join(output, "_staging", run_id)
     inputs, extra_fields = discover(job.input)
     models = resolve_models(config)
     settings = aggregation_settings(config)
-    metadata = {"affectflow.run_id": run_id,
-                "affectflow.models": json_metadata([m.manifest_entry() for m in models])}
+    video_ids = [v.video_id for v in inputs]
+    clear_stale_staging(output)
+    plan = RunPlan(
+        run_id=run_id, staging_root=FileSystems.join(output, "_staging", run_id), inputs=inputs,
+        extra_fields=extra_fields,
+        file_metadata={"affectflow.run_id": run_id,
+                       "affectflow.models": json_metadata([m.manifest_entry() for m in models])},
+        previous={} if force else previous_fingerprints(output, video_ids),
+        fingerprint=settings_fingerprint(config, models),
+        models_json=json_metadata([{"name": m.spec.name, "source": m.spec.source, "sha256": dict(m.sha256)}
+                                   for m in models]))
     _LOG.info("run %s: %d videos matched %s", run_id, len(inputs), job.input)
     discovered = time.time()
 
-    reporter = ProgressReporter(staging, [v.video_id for v in inputs], enabled=job.progress)
-    with runner_environment(config) as beam_args, reporter:
+    with runner_environment(config) as beam_args, ProgressReporter(plan.staging_root, video_ids, job.progress):
         p = beam.Pipeline(options=PipelineOptions(beam_args))
-        build(p, config, inputs, staging, run_id, extra_fields, metadata)
+        build(p, config, plan)
         result = p.run()
         result.wait_until_finish()
         if hasattr(result, "client"):       # the DaskRunner leaves its client open; close it with the run
             result.client.close()
     pipeline_done = time.time()
 
-    commit_staging(staging, output, TABLES)
-    videos = read_table(output, "videos", [v.video_id for v in inputs])
-    summary = summarise_videos(videos, len(inputs))
+    commit_staging(plan.staging_root, output, TABLES)
+    summary = summarise_videos(read_table(output, "videos", video_ids), len(inputs), run_id)
     manifest = {
         "run_id": run_id,
         "started_at": dt.datetime.fromtimestamp(started, dt.timezone.utc).isoformat(),
@@ -148,7 +190,9 @@ def execute(config: RunConfig, argv_for_manifest: Optional[list[str]] = None) ->
         "input": job.input,
         "output": output,
         "command": argv_for_manifest,
+        "forced": force,
         "config": config.as_dict(),
+        "settings_fingerprint": plan.fingerprint,
         "models": [m.manifest_entry() for m in models],
         "labels": list(settings.labels),
         "broad_labels": list(settings.broad_labels),
@@ -161,6 +205,5 @@ def execute(config: RunConfig, argv_for_manifest: Optional[list[str]] = None) ->
         "throughput_frames_per_s": round(summary["frames_decoded"] / max(pipeline_done - discovered, 1e-9), 1),
         "tables": {t: FileSystems.join(output, t) for t in TABLES},
     }
-    with FileSystems.create(FileSystems.join(output, "run_manifest.json")) as fh:
-        fh.write(json.dumps(manifest, indent=2, default=str).encode())
+    write_manifest(output, manifest)
     return manifest

@@ -7,6 +7,9 @@ and the new ones moved in, so reruns replace rather than duplicate rows.
 from __future__ import annotations
 
 import importlib.metadata
+import json
+import os
+import shutil
 from typing import Iterable, Optional, Sequence
 
 import pyarrow as pa
@@ -43,24 +46,73 @@ def _partition_of(path: str) -> Optional[str]:
 
 
 def commit_staging(staging: str, output: str, tables: Sequence[str]) -> None:
-    """Move ``staging/<table>/video_id=*/`` into ``output/<table>/``, replacing those videos' partitions."""
+    """Move ``staging/<table>/video_id=*/`` into ``output/<table>/``, replacing those videos' partitions.
+
+    Per video, the frames and dead letters go first and the video row last, so a reader who
+    finds the new row finds its frames. On a local filesystem each partition folder is swapped
+    with two renames (the old folder out, the new one in): a reader sees the old partition or
+    the new one, never a mix of their files; at most it briefly misses that one video. On
+    object stores (no folder rename) the files are moved one by one.
+    """
     staged = {t: _list_files(FileSystems.join(staging, t)) for t in tables}
     video_ids = {v for files in staged.values() for v in map(_partition_of, files) if v}
+    ordered = [t for t in tables if t != "videos"] + [t for t in tables if t == "videos"]
     for video_id in sorted(video_ids):
-        for table in tables:
-            dest_dir = FileSystems.join(output, table, f"{PARTITION_COLUMN}={video_id}")
-            if FileSystems.exists(dest_dir):
-                FileSystems.delete([dest_dir])
-            sources = [f for f in staged[table] if _partition_of(f) == video_id]
-            if not sources:
-                continue
-            FileSystems.mkdirs(dest_dir)
-            FileSystems.rename(sources, [FileSystems.join(dest_dir, s.rsplit("/", 1)[1]) for s in sources])
+        for table in ordered:
+            part = f"{PARTITION_COLUMN}={video_id}"
+            _replace_partition(FileSystems.join(staging, table, part), FileSystems.join(output, table, part),
+                               [f for f in staged[table] if _partition_of(f) == video_id])
+    for path in (staging, staging.rsplit("/", 1)[0]):
+        if FileSystems.exists(path) and not _list_files(path):
+            FileSystems.delete([path])
+
+
+def _replace_partition(source_dir: str, dest_dir: str, source_files: list[str]) -> None:
+    if "://" not in dest_dir:
+        trash = f"{dest_dir}.old-{os.getpid()}"
+        if os.path.isdir(dest_dir):
+            os.replace(dest_dir, trash)
+        if source_files:
+            os.makedirs(os.path.dirname(dest_dir), exist_ok=True)
+            os.replace(source_dir, dest_dir)
+        shutil.rmtree(trash, ignore_errors=True)
+        return
+    if FileSystems.exists(dest_dir):
+        FileSystems.delete([dest_dir])
+    if source_files:
+        FileSystems.mkdirs(dest_dir)
+        FileSystems.rename(source_files, [FileSystems.join(dest_dir, f.rsplit("/", 1)[1]) for f in source_files])
+
+
+def clear_stale_staging(output: str) -> None:
+    """Remove what crashed runs left in ``output/_staging`` (their committed videos are already in
+    place; the rest is recomputed). One run at a time may write into an output folder."""
+    staging = FileSystems.join(output, "_staging")
     if FileSystems.exists(staging):
         FileSystems.delete([staging])
-    parent = staging.rsplit("/", 1)[0]
-    if FileSystems.exists(parent) and not _list_files(parent):
-        FileSystems.delete([parent])
+
+
+def previous_fingerprints(output: str, video_ids: Iterable[str]) -> dict[str, tuple[str, str]]:
+    """video_id -> (content_sha256, settings_fingerprint) of the rows already in ``output``."""
+    if not FileSystems.exists(FileSystems.join(output, "videos")):
+        return {}
+    table = read_table(output, "videos", video_ids)
+    if "settings_fingerprint" not in table.column_names:       # written before provenance existed
+        return {}
+    ids, shas, fps = (table.column(c).to_pylist() for c in (PARTITION_COLUMN, "content_sha256", "settings_fingerprint"))
+    return {v: (sha, fp) for v, sha, fp in zip(ids, shas, fps) if sha and fp}
+
+
+def write_manifest(output: str, manifest: dict) -> None:
+    """``output/run_manifest.json`` (latest run) and ``output/runs/<run_id>/run_manifest.json`` (kept)."""
+    data = json.dumps(manifest, indent=2, default=str).encode()
+    for path in (FileSystems.join(output, "runs", manifest["run_id"], "run_manifest.json"),
+                 FileSystems.join(output, "run_manifest.json")):
+        parent = path.rsplit("/", 1)[0]
+        if not FileSystems.exists(parent):
+            FileSystems.mkdirs(parent)
+        with FileSystems.create(path) as fh:
+            fh.write(data)
 
 
 def dataset(output: str, table: str) -> ds.Dataset:
@@ -76,15 +128,22 @@ def read_table(output: str, table: str, video_ids: Optional[Iterable[str]] = Non
     return d.to_table(filter=flt, columns=columns)
 
 
-def summarise_videos(videos: pa.Table, matched: int) -> dict:
-    """Counts for the run summary; ``accounted`` is ok + no_face + failed == matched."""
+def summarise_videos(videos: pa.Table, matched: int, run_id: Optional[str] = None) -> dict:
+    """Counts for the run summary over the matched videos' current rows.
+
+    ``accounted``: ok + no_face + failed == matched == video rows. ``processed`` rows were
+    written by ``run_id``; ``skipped`` kept an earlier run's row (unchanged input and settings).
+    Frame counts are over the processed videos.
+    """
     status = videos.column("status").to_pylist()
     counts = {s: status.count(s) for s in VIDEO_STATUSES}
+    mine = videos if run_id is None else videos.filter(pc.equal(videos.column("run_id"), run_id))
 
     def total(column: str) -> int:
-        return int(pc.sum(videos.column(column)).as_py() or 0)
+        return int(pc.sum(mine.column(column)).as_py() or 0)
 
-    return {"matched": matched, **counts, "video_rows": videos.num_rows,
+    return {"matched": matched, "processed": mine.num_rows, "skipped": videos.num_rows - mine.num_rows,
+            **counts, "video_rows": videos.num_rows,
             "accounted": sum(counts.values()) == matched == videos.num_rows,
             "frames_decoded": total("frames_decoded"), "frames_sampled": total("frames_sampled"),
             "frames_with_face": total("frames_with_face")}

@@ -2,6 +2,7 @@
 
     python -m schemas.docs            # print Markdown
     python -m schemas.docs --check README.md   # exit 1 if the README's reference is stale
+    python -m schemas.docs --write README.md   # replace the reference between the markers
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ BEGIN, END = "<!-- columns:begin -->", "<!-- columns:end -->"
 def _table(schema) -> str:
     lines = ["| column | type | null | description |", "|---|---|---|---|"]
     for f in schema:
-        desc = (f.metadata or {}).get(b"description", b"").decode()
+        desc = (f.metadata or {}).get(b"description", b"").decode().replace("|", "\\|")
         lines.append(f"| `{f.name}` | {f.type} | {'yes' if f.nullable else 'no'} | {desc} |")
     return "\n".join(lines)
 
@@ -34,9 +35,13 @@ def reference() -> str:
 
 
 def main(argv: list[str]) -> int:
-    if len(argv) == 2 and argv[0] == "--check":
+    if len(argv) == 2 and argv[0] in ("--check", "--write"):
         text = open(argv[1]).read()
         current = text[text.find(BEGIN): text.find(END) + len(END)]
+        if argv[0] == "--write":
+            with open(argv[1], "w") as fh:
+                fh.write(text.replace(current, reference()))
+            return 0
         if current != reference():
             print(f"{argv[1]}: column reference is stale; regenerate with python -m schemas.docs", file=sys.stderr)
             return 1

@@ -126,7 +126,10 @@ def video_columns(labels: Sequence[str], broad_labels: Sequence[str]) -> list[Co
         Column("subject_id", pa.string(), True, "Subject given by the manifest, if any."),
         Column("status", pa.string(), False, "ok | no_face (decoded, no face in any sampled frame) | failed (see error)."),
         Column("error", pa.string(), True, "Why the video failed (stage: type: message)."),
-        Column("run_id", pa.string(), False, "Run that produced this row (see run_manifest.json)."),
+        Column("run_id", pa.string(), False, "Run that produced this row: its manifest is runs/<run_id>/run_manifest.json."),
+        Column("settings_fingerprint", pa.string(), False, "SHA-256 of the models' checksums and every setting that shapes the rows; a rerun skips the video when this and content_sha256 are unchanged."),
+        Column("models", pa.string(), False, "JSON list of the models that produced the row: name, source package==version, file checksums."),
+        Column("processed_at", pa.timestamp("us", tz="UTC"), False, "When the row was written."),
     ]
     return cols
 

@@ -24,7 +24,7 @@ from tests import media
 from transforms.aggregate import LABEL_COLUMNS_NULLED_WHEN_FAILED, AggregationSettings
 from transforms.decode import hash_file, is_sampled, iter_frames, probe_container, segment_bounds
 from transforms.discover import ProbeVideos, SplitIntoWorkUnits, split_errors, work_units
-from transforms.elements import (ChunkSummary, DeadLetter, FaceChunk, ScoredChunk, VideoInfo, VideoInput,
+from transforms.elements import (ChunkSummary, ContentHash, DeadLetter, FaceChunk, ScoredChunk, VideoInfo, VideoInput,
                                  WorkUnit)
 from transforms.emotions import ScoreEmotions
 from transforms.faces import ExtractFaces, crop_face
@@ -122,7 +122,9 @@ def test_probe_videos_reads_container_and_dead_letters_bad_files(single_face, tm
               | beam.Create([good, VideoInput("empty", str(empty)), VideoInput("noise", str(noise))])
               | ProbeVideos(segment_seconds=None))
     infos, dead = split_errors(probed, "Probe")
-    assert_that(infos, equal_to([expected]), label="ProbedInfo")
+    hashes = [ContentHash("empty", hashlib.sha256(b"").hexdigest(), 0),
+              ContentHash("noise", hashlib.sha256(noise.read_bytes()).hexdigest(), noise.stat().st_size)]
+    assert_that(infos, equal_to([expected] + hashes), label="ProbedInfo")   # unprobeable bytes keep their hash
     assert_that(dead, check(dead_letters_are_clear), label="ProbeDeadLetters")
     result = p.run()
     result.wait_until_finish()

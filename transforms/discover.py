@@ -15,7 +15,7 @@ import hashlib
 import io
 import os
 import re
-from typing import Iterator, Optional, Sequence, Union
+from typing import Iterator, Mapping, Optional, Sequence, Union
 
 import apache_beam as beam
 import pyarrow as pa
@@ -25,7 +25,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
 from transforms.decode import hash_file, local_file, probe_container, segment_bounds
-from transforms.elements import DeadLetter, VideoInfo, VideoInput, WorkUnit
+from transforms.elements import ContentHash, DeadLetter, Unchanged, VideoInfo, VideoInput, WorkUnit
 
 VIDEO_EXTENSIONS = (".mp4", ".mov", ".avi", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv")
 MANIFEST_EXTENSIONS = (".csv", ".parquet")
@@ -131,15 +131,33 @@ def read_manifest(path: str) -> tuple[list[VideoInput], list[pa.Field]]:
 
 
 class ProbeVideoFn(beam.DoFn):
-    """VideoInput -> VideoInfo | DeadLetter: hash the bytes, open the container, plan segments."""
+    """VideoInput -> VideoInfo | Unchanged | (ContentHash + DeadLetter): hash, open the container, plan segments.
 
-    def __init__(self, segment_seconds: Optional[float]):
+    ``previous`` maps video ids to the (content_sha256, settings_fingerprint) of their row in
+    the output; a video whose bytes hash the same under the same ``fingerprint`` is reported
+    ``Unchanged`` and never decoded.
+    """
+
+    def __init__(self, segment_seconds: Optional[float], previous: Optional[Mapping[str, tuple[str, str]]] = None,
+                 fingerprint: str = ""):
         self._segment_seconds = segment_seconds
+        self._previous = dict(previous or {})
+        self._fingerprint = fingerprint
         self.failed = Metrics.counter("affectflow", "failed_probes")
+        self.unchanged = Metrics.counter("affectflow", "unchanged_videos")
 
-    def process(self, video: VideoInput) -> Iterator[Union[VideoInfo, DeadLetter]]:
+    def process(self, video: VideoInput) -> Iterator[Union[VideoInfo, Unchanged, ContentHash, DeadLetter]]:
         try:
             sha, size = hash_file(video.path)
+        except Exception as exc:  # noqa: BLE001 - unreadable: a dead letter, retried by every run
+            self.failed.inc()
+            yield DeadLetter.from_exception(video.video_id, video.path, "probe", exc)
+            return
+        if self._previous.get(video.video_id) == (sha, self._fingerprint):
+            self.unchanged.inc()
+            yield Unchanged(video.video_id, sha)
+            return
+        try:
             with local_file(video.path) as local:
                 c = probe_container(local)
             per_segment, segments = segment_bounds(c.fps, c.frame_count_header, self._segment_seconds)
@@ -147,12 +165,13 @@ class ProbeVideoFn(beam.DoFn):
                             per_segment, segments)
         except Exception as exc:  # noqa: BLE001 - a bad input is a dead letter, not a crashed run
             self.failed.inc()
+            yield ContentHash(video.video_id, sha, size)
             yield DeadLetter.from_exception(video.video_id, video.path, "probe", exc)
 
 
-def work_units(info: Union[VideoInfo, DeadLetter]) -> Iterator[WorkUnit]:
-    """The segments of a probed video; nothing for a video whose probe failed."""
-    if isinstance(info, DeadLetter):
+def work_units(info: Union[VideoInfo, Unchanged, ContentHash, DeadLetter]) -> Iterator[WorkUnit]:
+    """The segments of a probed video; nothing for anything else (unchanged video, failed probe)."""
+    if not isinstance(info, VideoInfo):
         return
     for s in range(info.segments):
         start = s * info.segment_frames
@@ -169,14 +188,15 @@ def is_not_dead_letter(element) -> bool:
 
 
 class ProbeVideos(beam.PTransform):
-    """PCollection[VideoInput] -> PCollection[VideoInfo | DeadLetter]."""
+    """PCollection[VideoInput] -> PCollection[VideoInfo | Unchanged | DeadLetter] (see ProbeVideoFn)."""
 
-    def __init__(self, segment_seconds: Optional[float]):
+    def __init__(self, segment_seconds: Optional[float], previous: Optional[Mapping[str, tuple[str, str]]] = None,
+                 fingerprint: str = ""):
         super().__init__()
-        self._segment_seconds = segment_seconds
+        self._fn = ProbeVideoFn(segment_seconds, previous, fingerprint)
 
     def expand(self, inputs):
-        return inputs | "HashAndProbe" >> beam.ParDo(ProbeVideoFn(self._segment_seconds))
+        return inputs | "HashAndProbe" >> beam.ParDo(self._fn)
 
 
 class SplitIntoWorkUnits(beam.PTransform):

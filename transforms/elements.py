@@ -107,6 +107,21 @@ class ChunkSummary:
 
 
 @dataclass(frozen=True)
+class ContentHash:
+    """The bytes of a video whose container could not be probed (so a rerun can tell if it changed)."""
+    video_id: str
+    content_sha256: str
+    size_bytes: int
+
+
+@dataclass(frozen=True)
+class Unchanged:
+    """A video whose bytes, models and settings match its row in the output: not processed again."""
+    video_id: str
+    content_sha256: str
+
+
+@dataclass(frozen=True)
 class DeadLetter:
     """A failure, recorded as data: one per failed probe, segment or write."""
     video_id: str

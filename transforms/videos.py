@@ -13,6 +13,7 @@ Files: ``videos/video_id=<id>/part-00000.parquet`` and
 """
 from __future__ import annotations
 
+import datetime as dt
 from dataclasses import dataclass
 from typing import Iterable, Mapping, Optional, Sequence
 
@@ -23,7 +24,7 @@ from apache_beam.io.filesystems import FileSystems
 
 from schemas.tables import dead_letter_schema, video_schema
 from transforms.aggregate import LABEL_COLUMNS_NULLED_WHEN_FAILED, AggregationSettings, video_labels
-from transforms.elements import ChunkSummary, DeadLetter, VideoInfo, VideoInput
+from transforms.elements import ChunkSummary, ContentHash, DeadLetter, Unchanged, VideoInfo, VideoInput
 from transforms.write import partition_dir, records_table, write_parquet
 
 TRUNCATION_RATIO = 0.9
@@ -123,10 +124,11 @@ class WriteVideoFn(beam.DoFn):
     """(video_id, {inputs, results}) -> VideoOutcome, writing the video's row and dead letters."""
 
     def __init__(self, root: str, settings: AggregationSettings, run_id: str, extra_fields: Sequence[pa.Field],
-                 file_metadata: Mapping[str, str]):
+                 file_metadata: Mapping[str, str], provenance: Mapping[str, str]):
         self._root = root
         self._settings = settings
         self._run_id = run_id
+        self._provenance = dict(provenance)     # settings_fingerprint, models
         self._extra = list(extra_fields)
         self._metadata = dict(file_metadata)
         self._schema = None
@@ -140,13 +142,20 @@ class WriteVideoFn(beam.DoFn):
         if not inputs:          # a result for an id nobody asked for would be a bug upstream
             raise RuntimeError(f"video {video_id} has results but is not a matched input")
         results = list(grouped["results"])
+        if any(isinstance(r, Unchanged) for r in results):
+            yield VideoOutcome(video_id, "skipped", 0, 0)      # its row and files stay as they are
+            return
         infos = [r for r in results if isinstance(r, VideoInfo)]
+        hashes = [r for r in results if isinstance(r, ContentHash)]
         summaries = [r for r in results if isinstance(r, ChunkSummary)]
         failures = sorted((r for r in results if isinstance(r, DeadLetter)),
                           key=lambda f: (-1 if f.segment_index is None else f.segment_index, f.stage))
         info = infos[0] if infos else None
         failures += completeness_failures(inputs[0], info, summaries, failures)
         row = build_video_row(inputs[0], info, summaries, failures, self._settings, self._run_id)
+        if hashes and info is None:     # unprobeable, but its bytes are known: a rerun can skip it
+            row.update(content_sha256=hashes[0].content_sha256, size_bytes=hashes[0].size_bytes)
+        row.update(self._provenance, processed_at=dt.datetime.now(dt.timezone.utc))
         write_parquet(records_table([row], self._schema),
                       FileSystems.join(partition_dir(self._root, "videos", video_id), "part-00000.parquet"),
                       self._metadata)
@@ -162,8 +171,9 @@ def _key(element):
 
 
 class AggregateVideos(beam.PTransform):
-    """{"inputs": PCollection[VideoInput], "results": PCollection[VideoInfo | ChunkSummary | DeadLetter]}
-    -> PCollection[VideoOutcome], one per input, after writing its video row and dead letters.
+    """{"inputs": PCollection[VideoInput], "results": PCollection[VideoInfo | Unchanged | ChunkSummary | DeadLetter]}
+    -> PCollection[VideoOutcome], one per input, after writing its video row and dead letters
+    (nothing is written for an Unchanged video: its outcome is "skipped").
 
     Example::
 
@@ -171,9 +181,11 @@ class AggregateVideos(beam.PTransform):
     """
 
     def __init__(self, root: str, settings: AggregationSettings, run_id: str,
-                 extra_fields: Sequence[pa.Field] = (), file_metadata: Mapping[str, str] | None = None):
+                 extra_fields: Sequence[pa.Field] = (), file_metadata: Mapping[str, str] | None = None,
+                 provenance: Mapping[str, str] | None = None):
         super().__init__()
-        self._fn = WriteVideoFn(root, settings, run_id, extra_fields, file_metadata or {})
+        provenance = provenance or {"settings_fingerprint": "", "models": "[]"}
+        self._fn = WriteVideoFn(root, settings, run_id, extra_fields, file_metadata or {}, provenance)
 
     def expand(self, pcolls):
         keyed = {name: pcoll | f"KeyByVideo{name.title()}" >> beam.Map(_key) for name, pcoll in pcolls.items()}

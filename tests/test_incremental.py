@@ -1,0 +1,111 @@
+"""Incremental, idempotent reruns and provenance, with exact row counts."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from pipelines import outputs
+from pipelines.config import load_config
+from pipelines.extract import execute
+from pipelines.outputs import read_table
+from tests import media
+
+
+def _run(archive, output, *sets, force=False):
+    return execute(load_config(None, {"input": str(archive), "output": str(output)}, ["progress=false", *sets]),
+                   force=force)
+
+
+def _frame_rows(output) -> dict[str, int]:
+    frames = read_table(str(output), "frames").to_pandas()
+    return frames.groupby(frames["video_id"].astype(str)).size().to_dict()
+
+
+@pytest.fixture
+def archive(tmp_path, single_face):
+    folder = tmp_path / "archive"
+    folder.mkdir()
+    shutil.copy(single_face, folder / "a.mp4")                                 # 72 frames
+    media.face_appears_disappears_video(folder / "b.mp4", single_face, 4, 8, 4)  # 16 frames
+    media.zero_byte_file(folder / "broken.mp4")
+    return folder
+
+
+def test_unchanged_archive_processes_nothing(archive, tmp_path):
+    out = tmp_path / "out"
+    first = _run(archive, out)
+    assert (first["counts"]["processed"], first["counts"]["skipped"]) == (3, 0)
+    before = {p: p.stat().st_mtime_ns for p in out.rglob("*.parquet")}
+    second = _run(archive, out)
+    c = second["counts"]
+    assert (c["matched"], c["processed"], c["skipped"]) == (3, 0, 3)
+    assert (c["ok"], c["no_face"], c["failed"], c["accounted"]) == (2, 0, 1, True)
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*.parquet")} == before      # nothing rewritten
+    assert _frame_rows(out) == {v: n for v, n in _frame_rows(out).items()} and sum(_frame_rows(out).values()) == 88
+
+
+def test_new_and_changed_files_are_processed_exactly(archive, tmp_path, single_face):
+    out = tmp_path / "out"
+    _run(archive, out)
+    media.no_face_video(archive / "c.mp4", n=12)                           # new
+    frames = media.read_frames(single_face, 10)
+    media.write_video(archive / "b.mp4", frames)                            # changed: now 10 face frames
+    run = _run(archive, out)
+    assert (run["counts"]["processed"], run["counts"]["skipped"]) == (2, 2)
+    videos = read_table(str(out), "videos").to_pandas().set_index("source_path")
+    processed = videos[videos.run_id == run["run_id"]].index.map(lambda p: Path(p).name)
+    assert sorted(processed) == ["b.mp4", "c.mp4"]
+    rows = {Path(p).name: n for p, n in zip(videos.index, videos.frames_sampled)}
+    assert rows == {"a.mp4": 72, "b.mp4": 10, "c.mp4": 12, "broken.mp4": 0}
+    assert sum(_frame_rows(out).values()) == 72 + 10 + 12                  # b's 16 old rows are gone
+
+
+def test_changed_settings_reprocess_and_force_reprocesses(archive, tmp_path):
+    out = tmp_path / "out"
+    _run(archive, out)
+    assert _run(archive, out, "aggregate.threshold=0.5")["counts"]["processed"] == 3
+    assert _run(archive, out, "aggregate.threshold=0.5")["counts"]["processed"] == 0
+    assert _run(archive, out, "aggregate.threshold=0.5", force=True)["counts"]["processed"] == 3
+    assert sum(_frame_rows(out).values()) == 88
+
+
+def test_crash_during_commit_then_rerun_completes_without_duplicates(archive, tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    real = outputs._replace_partition
+    calls = {"n": 0}
+
+    def crash_after_four(*args):
+        calls["n"] += 1
+        if calls["n"] > 4:              # 3 tables per video: the first video commits, the second half-way
+            raise KeyboardInterrupt("simulated crash")
+        return real(*args)
+
+    monkeypatch.setattr(outputs, "_replace_partition", crash_after_four)
+    with pytest.raises(KeyboardInterrupt):
+        _run(archive, out)
+    monkeypatch.setattr(outputs, "_replace_partition", real)
+    assert (out / "_staging").exists()
+    committed = {p.name for p in (out / "videos").iterdir()}
+    assert len(committed) == 1
+    run = _run(archive, out)
+    c = run["counts"]
+    assert (c["matched"], c["processed"], c["skipped"], c["accounted"]) == (3, 2, 1, True)
+    assert sum(_frame_rows(out).values()) == 88
+    assert read_table(str(out), "videos").num_rows == 3
+    assert not (out / "_staging").exists()
+
+
+def test_every_video_row_traces_to_its_run_manifest(archive, tmp_path):
+    out = tmp_path / "out"
+    run = _run(archive, out)
+    for row in read_table(str(out), "videos").to_pylist():
+        manifest = json.loads((out / "runs" / row["run_id"] / "run_manifest.json").read_text())
+        assert manifest["settings_fingerprint"] == row["settings_fingerprint"]
+        models = json.loads(row["models"])
+        assert {m["name"] for m in models} == {m["name"] for m in manifest["models"]}
+        assert {m["name"]: m["sha256"] for m in models} == {m["name"]: m["sha256"] for m in manifest["models"]}
+        assert manifest["config"]["job"]["aggregate"]["threshold"] == row["threshold"]
+    assert json.loads((out / "run_manifest.json").read_text())["run_id"] == run["run_id"]
