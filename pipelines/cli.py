@@ -55,6 +55,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--input", required=True, help="a glob (quote it), a folder, or a manifest .csv/.parquet "
                                                    "with a path column and optional video_id, label, subject_id")
     run.add_argument("--output", required=True, help="output folder (local or any Beam filesystem path)")
+    run.add_argument("--force", action="store_true",
+                     help="process every matched video again, even those whose bytes, models and settings are "
+                          "unchanged since their row was written (by default those are skipped)")
     _add_config_args(run)
 
     agg = sub.add_parser("aggregate", help="recompute video labels from the frame Parquet (no decoding)",
@@ -86,8 +89,10 @@ def _parser() -> argparse.ArgumentParser:
 def _print_summary(manifest: dict, stream=sys.stdout) -> None:
     c = manifest["counts"]
     t = manifest["timings_s"]
-    print(f"run {manifest['run_id']}: {c['matched']} videos matched -> ok {c['ok']}, no_face {c['no_face']}, "
-          f"failed {c['failed']} (all accounted for: {c['accounted']})", file=stream)
+    print(f"run {manifest['run_id']}: {c['matched']} videos matched: {c['processed']} processed, {c['skipped']} "
+          f"skipped (unchanged since their last run{'' if c['processed'] else '; nothing to do'})", file=stream)
+    print(f"videos now: ok {c['ok']}, no_face {c['no_face']}, failed {c['failed']} "
+          f"(all accounted for: {c['accounted']})", file=stream)
     print(f"frames decoded {c['frames_decoded']}, sampled {c['frames_sampled']}, with a face "
           f"{c['frames_with_face']}; pipeline {t['pipeline']:.1f} s, {manifest['throughput_frames_per_s']} frames/s",
           file=stream)
@@ -100,7 +105,7 @@ def _run(args, input_path: str, output: str) -> int:
     from pipelines.config import load_config
     from pipelines.extract import execute
     config = load_config(args.config, {"input": input_path, "output": output}, args.set)
-    manifest = execute(config, sys.argv)
+    manifest = execute(config, sys.argv, force=getattr(args, "force", False))
     _print_summary(manifest)
     return EXIT_VIDEOS_FAILED if manifest["counts"]["failed"] else EXIT_OK
 
