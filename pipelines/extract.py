@@ -207,3 +207,14 @@ def execute(config: RunConfig, argv_for_manifest: Optional[list[str]] = None, fo
     }
     write_manifest(output, manifest)
     return manifest
+
+
+def run(argv: Optional[list[str]] = None) -> int:
+    """Script entry (orchestrators' Beam operators): the options and exit codes of `affectflow run`."""
+    import sys
+    from pipelines.cli import main
+    return main(["run", *(sys.argv[1:] if argv is None else argv)])
+
+
+if __name__ == "__main__":
+    raise SystemExit(run())
