@@ -61,16 +61,19 @@ def commit_staging(staging: str, output: str, tables: Sequence[str]) -> None:
         for table in ordered:
             part = f"{PARTITION_COLUMN}={video_id}"
             _replace_partition(FileSystems.join(staging, table, part), FileSystems.join(output, table, part),
-                               [f for f in staged[table] if _partition_of(f) == video_id])
+                               [f for f in staged[table] if _partition_of(f) == video_id],
+                               FileSystems.join(staging, "_replaced", table, part))
     for path in (staging, staging.rsplit("/", 1)[0]):
         if FileSystems.exists(path) and not _list_files(path):
             FileSystems.delete([path])
 
 
-def _replace_partition(source_dir: str, dest_dir: str, source_files: list[str]) -> None:
+def _replace_partition(source_dir: str, dest_dir: str, source_files: list[str], trash: str) -> None:
+    """Swap ``dest_dir`` for ``source_dir``; the old folder goes to ``trash`` (inside the staging
+    folder, so no reader's glob of the table ever sees it) and is then deleted."""
     if "://" not in dest_dir:
-        trash = f"{dest_dir}.old-{os.getpid()}"
         if os.path.isdir(dest_dir):
+            os.makedirs(os.path.dirname(trash), exist_ok=True)
             os.replace(dest_dir, trash)
         if source_files:
             os.makedirs(os.path.dirname(dest_dir), exist_ok=True)
