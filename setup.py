@@ -26,10 +26,13 @@ setup(
         "tensorflow_hub==0.16.1",
         "great-expectations==1.24.1",
         "duckdb>=1.1,<3",
+        "sqlalchemy>=2.0,<2.1",          # GX's SQL engine for `affectflow validate`; duckdb-engine 0.17 predates 2.1
+        "duckdb-engine>=0.17,<0.18",     # ... against DuckDB over the Parquet files
         "pyyaml>=6,<7",
+        "matplotlib>=3.8,<4",
     ],
     extras_require={
-        "test": ["pytest>=8,<10", "imageio-ffmpeg==0.8.1"],
+        "test": ["pytest>=8,<10", "imageio-ffmpeg==0.8.1", "scikit-learn>=1.4,<2"],
     },
     entry_points={"console_scripts": ["affectflow=pipelines.cli:main"]},
 )

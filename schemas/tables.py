@@ -84,8 +84,34 @@ def frame_columns(labels: Sequence[str]) -> list[Column]:
     return cols
 
 
-def frame_schema(labels: Sequence[str]) -> pa.Schema:
-    return _schema(frame_columns(labels), "frames")
+N_LANDMARK_VALUES = 468 * 3
+FEATURE_GROUPS = ("landmarks", "geometry")
+
+
+def feature_columns(groups: Sequence[str]) -> list[Column]:
+    """Optional frame-table columns, one block per feature group switched on (see FEATURE_GROUPS)."""
+    from transforms.geometry import describe          # formulas live with the code that computes them
+    unknown = set(groups) - set(FEATURE_GROUPS)
+    if unknown:
+        raise ValueError(f"unknown feature groups {sorted(unknown)}; known: {FEATURE_GROUPS}")
+    cols = []
+    if "landmarks" in groups:
+        # A variable-size list (always 1404 values or null): pyarrow 25 cannot read back a Parquet
+        # fixed_size_list column that holds nulls ("Expected all lists to be of size=...").
+        points = pa.list_(pa.float32())
+        cols += [
+            Column("landmarks", points, True, "468 face-mesh points x0, y0, z0, x1, ... in frame pixels (z: depth on the same scale, smaller = nearer)."),
+            Column("landmarks_norm", points, True, "The same points centred, eye line level, scaled so the outer eye corners are 1.0 apart."),
+            Column("mesh_presence", pa.float32(), True, "Face-mesh network's probability that the crop holds a face."),
+        ]
+    if "geometry" in groups:
+        cols += [Column(name, pa.float32(), True, f"Geometric measure, not a trained AU detector: {doc}.")
+                 for name, doc in describe().items()]
+    return cols
+
+
+def frame_schema(labels: Sequence[str], feature_groups: Sequence[str] = ()) -> pa.Schema:
+    return _schema(frame_columns(labels) + feature_columns(feature_groups), "frames")
 
 
 # --- video table ---------------------------------------------------------------------------

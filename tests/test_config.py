@@ -119,7 +119,8 @@ def test_unknown_key_directly_in_job():
         load_config(sets=["inptu=/videos"])
     message = str(exc.value)
     assert "unknown key(s) inptu;" in message
-    assert "allowed under job: aggregate, decode, emotion, faces, input, models, output, progress" in message
+    assert ("allowed under job: aggregate, decode, emotion, faces, features, input, models, output, progress, "
+            "validation") in message
 
 
 def test_unknown_section_in_job():

@@ -78,6 +78,8 @@ class FaceChunk:
     boxes: np.ndarray                  # float32[m, 4] x, y, w, h pixels
     scores: np.ndarray                 # float32[m]
     crops: np.ndarray                  # uint8[m, 64, 64]
+    landmarks: Optional[np.ndarray] = None   # float32[m, 468, 3] frame pixels, when landmarks are on
+    mesh_presence: Optional[np.ndarray] = None  # float32[m], the mesh network's face probability
 
     def __len__(self) -> int:          # RunInference counts examples with len()
         return len(self.crops)

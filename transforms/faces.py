@@ -5,6 +5,8 @@ Decoding and detection share one DoFn on purpose: a decoded frame (about 0.7 MB 
 about 125/s on two cores (FACTS.md), and the DaskRunner materialises every stage's
 output per partition, so only the crops the models need (64x64 grey, about 4 KB a face)
 leave this stage. The detector is a registry model, loaded once per process in setup().
+With landmarks on, the face mesh runs here too, for the same reason (it reads a 192x192
+crop of the full-resolution frame); its 468 points (5.6 KB a face) travel with the chunk.
 
 Output: `FaceChunk`s (up to `chunk_frames` sampled frames each, the unit's last chunk
 flagged, an empty last chunk for a unit with no sampled frame) or one `DeadLetter` when
@@ -21,6 +23,7 @@ from apache_beam.metrics import Metrics
 
 from models.emotion import CROP_SIZE
 from models.face_detectors import Detections, build_detector
+from models.landmarks import N_LANDMARKS, FaceMesh, MeshResult
 from models.registry import resolve
 from transforms.decode import iter_frames, local_file
 from transforms.elements import DeadLetter, FaceChunk, WorkUnit
@@ -50,21 +53,26 @@ def crop_face(frame_bgr: np.ndarray, box: np.ndarray, margin: float, size: int =
 class _ChunkBuilder:
     """Accumulates sampled frames and their faces; emits FaceChunks of at most chunk_frames."""
 
-    def __init__(self, unit: WorkUnit, chunk_frames: int):
+    def __init__(self, unit: WorkUnit, chunk_frames: int, with_mesh: bool = False):
         self.unit = unit
         self.chunk_frames = chunk_frames
+        self.with_mesh = with_mesh
         self.chunk_index = 0
         self._reset()
 
     def _reset(self):
         self.frame_index, self.timestamps, self.faces_in_frame = [], [], []
         self.face_frame, self.face_index, self.boxes, self.scores, self.crops = [], [], [], [], []
+        self.landmarks, self.presence = [], []
         self.frames_decoded = 0
         self.size = (0, 0)
 
     def add(self, frame_index: int, timestamp: float, faces_found: int, detections: Detections,
-            crops: list[np.ndarray], frame_shape: tuple[int, int]):
-        """``faces_found``: faces detected; ``detections``/``crops``: the faces kept (primary first)."""
+            crops: list[np.ndarray], frame_shape: tuple[int, int], meshes: Optional[list[MeshResult]] = None):
+        """``faces_found``: faces detected; ``detections``/``crops``/``meshes``: the faces kept (primary first)."""
+        for mesh in meshes or []:
+            self.landmarks.append(mesh.points)
+            self.presence.append(mesh.presence)
         pos = len(self.frame_index)
         self.frame_index.append(frame_index)
         self.timestamps.append(timestamp)
@@ -96,6 +104,8 @@ class _ChunkBuilder:
             boxes=np.asarray(self.boxes, np.float32).reshape(-1, 4),
             scores=np.asarray(self.scores, np.float32),
             crops=np.asarray(self.crops, np.uint8).reshape(-1, CROP_SIZE, CROP_SIZE),
+            landmarks=np.asarray(self.landmarks, np.float32).reshape(-1, N_LANDMARKS, 3) if self.with_mesh else None,
+            mesh_presence=np.asarray(self.presence, np.float32) if self.with_mesh else None,
         )
         self.chunk_index += 1
         self._reset()
@@ -106,7 +116,11 @@ class ExtractFacesFn(beam.DoFn):
     """WorkUnit -> FaceChunk* | DeadLetter. See the module docstring."""
 
     def __init__(self, detector: str, detector_path: Optional[str], min_score: float, keep_all_faces: bool,
-                 crop_margin: float, chunk_frames: int, sample_fps: Optional[float]):
+                 crop_margin: float, chunk_frames: int, sample_fps: Optional[float], landmarks: bool = False,
+                 mesh_path: Optional[str] = None):
+        self._landmarks = landmarks
+        self._mesh_path = mesh_path
+        self._mesh = None
         self._detector_name = detector
         self._detector_path = detector_path
         self._min_score = min_score
@@ -123,9 +137,11 @@ class ExtractFacesFn(beam.DoFn):
     def setup(self):
         # One interpreter per DoFn instance: TF Lite interpreters are not thread-safe.
         self._detector = build_detector(resolve(self._detector_name, self._detector_path), self._min_score)
+        if self._landmarks:
+            self._mesh = FaceMesh(resolve("face_mesh", self._mesh_path).paths["weights"])
 
     def process(self, unit: WorkUnit) -> Iterator[Union[FaceChunk, DeadLetter]]:
-        builder = _ChunkBuilder(unit, self._chunk_frames)
+        builder = _ChunkBuilder(unit, self._chunk_frames, with_mesh=self._mesh is not None)
         stage = "decode"
         try:
             with local_file(unit.video.input.path) as path:
@@ -137,9 +153,15 @@ class ExtractFacesFn(beam.DoFn):
                     detections = self._detector.detect(frame.image)
                     found = len(detections)
                     if not self._keep_all_faces:
-                        detections = Detections(detections.boxes[:1], detections.scores[:1])
+                        detections = detections.take(slice(0, 1))
                     crops = [crop_face(frame.image, box, self._crop_margin) for box in detections.boxes]
-                    builder.add(frame.index, frame.timestamp_s, found, detections, crops, frame.image.shape[:2])
+                    meshes = None
+                    if self._mesh is not None:
+                        stage = "landmarks"
+                        meshes = [self._mesh.landmarks(frame.image, box, detections.eyes(i))
+                                  for i, box in enumerate(detections.boxes)]
+                    builder.add(frame.index, frame.timestamp_s, found, detections, crops, frame.image.shape[:2],
+                                meshes)
                     stage = "decode"
                     if builder.full:
                         yield self._count(builder.emit(last=False))
@@ -169,10 +191,11 @@ class ExtractFaces(beam.PTransform):
 
     def __init__(self, detector: str = "blazeface_short", detector_path: Optional[str] = None,
                  min_score: float = 0.7, keep_all_faces: bool = False, crop_margin: float = 0.1,
-                 chunk_frames: int = 1024, sample_fps: Optional[float] = None):
+                 chunk_frames: int = 1024, sample_fps: Optional[float] = None, landmarks: bool = False,
+                 mesh_path: Optional[str] = None):
         super().__init__()
         self._fn = ExtractFacesFn(detector, detector_path, min_score, keep_all_faces, crop_margin,
-                                  chunk_frames, sample_fps)
+                                  chunk_frames, sample_fps, landmarks, mesh_path)
 
     def expand(self, units):
         return units | "DecodeDetectCrop" >> beam.ParDo(self._fn)

@@ -19,7 +19,9 @@ import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
-from schemas.tables import PARTITION_COLUMN, file_schema, frame_schema, prob_column
+from models.landmarks import normalise_landmarks
+from schemas.tables import N_LANDMARK_VALUES, PARTITION_COLUMN, frame_schema, prob_column
+from transforms.geometry import geometric_features
 from transforms.elements import ChunkSummary, DeadLetter, ScoredChunk
 
 COMPRESSION = "zstd"
@@ -51,10 +53,11 @@ def write_parquet(table: pa.Table, path: str, metadata: Optional[Mapping[str, st
         pq.write_table(table, fh, compression=COMPRESSION)
 
 
-def frame_table(scored: ScoredChunk) -> pa.Table:
+def frame_table(scored: ScoredChunk, feature_groups: Sequence[str] = ()) -> pa.Table:
     """Frame rows of one chunk: one per kept face, one with null face columns per faceless frame.
 
-    Rows are ordered by frame_index, then face_index.
+    Rows are ordered by frame_index, then face_index. ``feature_groups`` adds the columns of
+    schemas.feature_columns, from the chunk's landmarks.
     """
     c = scored.chunk
     n = len(c.frame_index)
@@ -71,7 +74,7 @@ def frame_table(scored: ScoredChunk) -> pa.Table:
         full[has_face] = values[face_rows]
         return pa.array(full, type=typ, mask=~has_face)
 
-    schema = frame_schema(scored.labels)
+    schema = frame_schema(scored.labels, feature_groups)
     labels = np.asarray(scored.labels, dtype=object)
     probs = scored.probs if len(scored.probs) else np.zeros((0, len(scored.labels)), np.float32)
     argmax = probs.argmax(axis=1) if len(probs) else np.zeros(0, np.int64)
@@ -98,7 +101,28 @@ def frame_table(scored: ScoredChunk) -> pa.Table:
     columns["emotion_label"] = pa.array(label_full, pa.string())
     columns["emotion_confidence"] = face_col(probs.max(axis=1) if len(probs) else np.zeros(0, np.float32),
                                              pa.float32())
+    if feature_groups:
+        columns.update(_feature_columns(c, feature_groups, has_face, face_rows, face_col))
     return pa.table([columns[f.name] for f in schema], schema=schema)
+
+
+def _feature_columns(c, groups, has_face, face_rows, face_col) -> dict[str, pa.Array]:
+    if c.landmarks is None:
+        raise ValueError(f"feature groups {list(groups)} need landmarks, but the chunk has none")
+    out = {}
+    normalised = normalise_landmarks(c.landmarks)
+    if "landmarks" in groups:
+        def points_col(points: np.ndarray) -> pa.Array:
+            values = pa.array(points.reshape(len(points), -1)[face_rows].reshape(-1), pa.float32())
+            offsets = pa.array(np.concatenate([[0], np.cumsum(has_face * N_LANDMARK_VALUES)]), pa.int32())
+            return pa.ListArray.from_arrays(offsets, values, mask=pa.array(~has_face))
+        out["landmarks"] = points_col(c.landmarks)
+        out["landmarks_norm"] = points_col(normalised)
+        out["mesh_presence"] = face_col(c.mesh_presence, pa.float32())
+    if "geometry" in groups:
+        out.update({name: face_col(values, pa.float32())
+                    for name, values in geometric_features(normalised).items()})
+    return out
 
 
 def chunk_summary(scored: ScoredChunk) -> ChunkSummary:
@@ -122,10 +146,12 @@ class WriteFrameChunksFn(beam.DoFn):
     versions and checksums go into the file's key-value metadata.
     """
 
-    def __init__(self, root: str, source_paths: Mapping[str, str], file_metadata: Mapping[str, str]):
+    def __init__(self, root: str, source_paths: Mapping[str, str], file_metadata: Mapping[str, str],
+                 feature_groups: Sequence[str] = ()):
         self._root = root
         self._source_paths = dict(source_paths)
         self._metadata = dict(file_metadata)
+        self._groups = tuple(feature_groups)
         self.rows = Metrics.counter("affectflow", "frame_rows_written")
 
     def process(self, scored: ScoredChunk) -> Iterator[Union[ChunkSummary, DeadLetter]]:
@@ -133,7 +159,7 @@ class WriteFrameChunksFn(beam.DoFn):
         path = FileSystems.join(partition_dir(self._root, "frames", c.video_id),
                                 f"part-{c.segment_index:05d}-{c.chunk_index:05d}.parquet")
         try:
-            table = frame_table(scored)
+            table = frame_table(scored, self._groups)
             if table.num_rows:
                 write_parquet(table, path, self._metadata)
             self.rows.inc(table.num_rows)
@@ -146,9 +172,10 @@ class WriteFrameChunksFn(beam.DoFn):
 class WriteFrames(beam.PTransform):
     """PCollection[ScoredChunk] -> PCollection[ChunkSummary | DeadLetter]."""
 
-    def __init__(self, root: str, source_paths: Mapping[str, str], file_metadata: Mapping[str, str]):
+    def __init__(self, root: str, source_paths: Mapping[str, str], file_metadata: Mapping[str, str],
+                 feature_groups: Sequence[str] = ()):
         super().__init__()
-        self._fn = WriteFrameChunksFn(root, source_paths, file_metadata)
+        self._fn = WriteFrameChunksFn(root, source_paths, file_metadata, feature_groups)
 
     def expand(self, scored):
         return scored | "WriteFrameParquet" >> beam.ParDo(self._fn)
