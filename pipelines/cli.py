@@ -6,10 +6,13 @@
     affectflow samples [--dest DIR] [NAME ...]
     affectflow demo [--output DIR]
     affectflow validate OUTPUT [--config YAML] [--set validation.key=value ...]
+    affectflow calibrate --output DIR --manifest LABELLED.csv [--report DIR] ...
+    affectflow ingest {openface,pyfeat} INPUT --output DIR [--frame-size WxH] [--fps F] [--config YAML] [--set ...]
 
 Exit codes: 0 success; 1 the run finished but some videos failed (their dead letters are
 in the output); 2 bad usage or configuration; 3 the run itself could not complete;
-4 (validate) a critical expectation failed.
+4 a critical validation expectation failed (`validate`, or `run`/`demo` whose end-of-run
+validation failed: this outranks 1).
 """
 from __future__ import annotations
 
@@ -21,7 +24,7 @@ import sys
 import warnings
 from pathlib import Path
 
-EXIT_OK, EXIT_VIDEOS_FAILED, EXIT_USAGE, EXIT_RUN_FAILED = 0, 1, 2, 3
+EXIT_OK, EXIT_VIDEOS_FAILED, EXIT_USAGE, EXIT_RUN_FAILED, EXIT_INVALID = 0, 1, 2, 3, 4
 DEFAULT_SAMPLES_DIR = "data/samples"
 
 
@@ -78,6 +81,14 @@ def _parser() -> argparse.ArgumentParser:
     add_calibrate_arguments(cal)
     _add_config_args(cal)
 
+    ing = sub.add_parser("ingest", help="turn OpenFace 2.0 or py-feat CSV output into affectflow's tables",
+                         description="Map existing OpenFace FeatureExtraction or py-feat Fex CSVs (one per video) to "
+                                     "frames/, videos/, dead_letters/ and run_manifest.json in OUTPUT, the layout "
+                                     "`affectflow run` writes, so aggregate, validate and calibrate work on them.")
+    from pipelines.ingest import add_arguments as add_ingest_arguments
+    add_ingest_arguments(ing)
+    _add_config_args(ing)
+
     models = sub.add_parser("models", help="list registered models or pre-fetch their weights")
     models_sub = models.add_subparsers(dest="models_command", required=True)
     models_sub.add_parser("list", help="name, kind, source, cache state, input contract, labels")
@@ -102,7 +113,8 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _print_summary(manifest: dict, stream=sys.stdout) -> None:
+def _print_summary(manifest: dict, stream=None) -> None:
+    stream = stream or sys.stdout           # looked up at call time (tests and callers may swap it)
     c = manifest["counts"]
     t = manifest["timings_s"]
     print(f"run {manifest['run_id']}: {c['matched']} videos matched: {c['processed']} processed, {c['skipped']} "
@@ -115,6 +127,9 @@ def _print_summary(manifest: dict, stream=sys.stdout) -> None:
     for table, path in manifest["tables"].items():
         print(f"  {table:13s} {path}", file=stream)
     print(f"  manifest      {manifest['output']}/run_manifest.json", file=stream)
+    validation = manifest.get("validation")
+    if validation:
+        print(validation.get("summary") or f"validation skipped: {validation.get('skipped')}", file=stream)
 
 
 def _run(args, input_path: str, output: str) -> int:
@@ -123,6 +138,14 @@ def _run(args, input_path: str, output: str) -> int:
     config = load_config(args.config, {"input": input_path, "output": output}, args.set)
     manifest = execute(config, sys.argv, force=getattr(args, "force", False))
     _print_summary(manifest)
+    return run_exit_code(manifest)
+
+
+def run_exit_code(manifest: dict) -> int:
+    """4 when the end-of-run validation found a critical failure (it outranks failed videos: the
+    output as a whole cannot be trusted), else 1 when some videos failed, else 0."""
+    if (manifest.get("validation") or {}).get("valid") is False:
+        return EXIT_INVALID
     return EXIT_VIDEOS_FAILED if manifest["counts"]["failed"] else EXIT_OK
 
 
@@ -150,14 +173,15 @@ def _models(args) -> int:
     if args.models_command == "list":
         for spec in REGISTRY.values():
             pinned = [f for f in spec.files.values() if f]
-            state = "cached" if pinned and all(is_cached(f) for f in pinned) else ("user file" if not pinned else "not cached")
+            state = ("no files" if not spec.files else "cached" if pinned and all(is_cached(f) for f in pinned)
+                     else ("user file" if not pinned else "not cached"))
             print(f"{spec.name:20s} {spec.kind:14s} {state:10s} {spec.source}")
             print(f"{'':20s} {spec.description}")
             print(f"{'':20s} input: {spec.input_contract}")
             if spec.labels:
                 print(f"{'':20s} labels: {', '.join(spec.labels)}")
         return EXIT_OK
-    names = args.names or [n for n, s in REGISTRY.items() if all(s.files.values())]
+    names = args.names or [n for n, s in REGISTRY.items() if s.files and all(s.files.values())]
     for name in names:
         model = resolve(name)
         print(f"{name}: {model.origin} " + ", ".join(f"{r}={p}" for r, p in model.paths.items()))
@@ -192,6 +216,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "calibrate":
             from pipelines.calibrate import run as calibrate
             return calibrate(args)
+        if args.command == "ingest":
+            from pipelines.ingest import run as ingest
+            return ingest(args)
         if args.command == "models":
             return _models(args)
         if args.command == "samples":

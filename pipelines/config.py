@@ -47,17 +47,31 @@ class FacesConfig:
 
 
 @dataclass
+class SmoothingConfig:
+    method: str = "none"                        # none | window (centred moving average) | ema (exponential)
+    window: int = 5                             # frames in the centred window (odd), method window
+    alpha: float = 0.3                          # weight of the newest frame, method ema
+
+
+@dataclass
 class FeaturesConfig:
     landmarks: bool = False                     # 468 face-mesh points, image and normalised (feature group "landmarks")
     geometry: bool = False                      # geo_* FACS-named measures from the landmarks (group "geometry")
+    embedding: bool = False                     # the emotion network's embedding, the layer before its classifier
+    resnet50: bool = False                      # ResNet50 2048-d pooled features; weights: models.paths.resnet50
+    geometry_baseline: bool = False             # geo_*_rel: each measure minus the video's neutral-frame median
+    baseline_min_frames: int = 10               # fewer neutral frames than this: no baseline (null), never invented
+    feature_set: str = "none"                   # none | appearance | deep | both: the training vector (README "Feature sets")
+    smoothing: SmoothingConfig = field(default_factory=SmoothingConfig)
 
     @property
     def groups(self) -> tuple[str, ...]:
-        return tuple(g for g in ("landmarks", "geometry") if getattr(self, g))
+        """The frame-table feature groups the run writes (schemas.tables.FEATURE_GROUPS order)."""
+        return tuple(g for g in ("landmarks", "geometry", "embedding", "resnet50") if getattr(self, g))
 
     @property
     def needs_mesh(self) -> bool:
-        return bool(self.groups)
+        return self.landmarks or self.geometry
 
 
 @dataclass
@@ -238,4 +252,30 @@ def load_config(paths: Optional[str | os.PathLike | Sequence[str | os.PathLike]]
         if value is not None:
             _set_dotted(tree, "job." + key, value)
     job = _build(JobConfig, tree["job"], "")
+    _check_features(job.features)
     return RunConfig(tree["pipeline_options"], job)
+
+
+FEATURE_SETS = ("none", "appearance", "deep", "both")
+SMOOTHING_METHODS = ("none", "window", "ema")
+
+
+def _check_features(f: FeaturesConfig) -> None:
+    """Choices and the groups a feature set needs (schemas.tables.feature_set_columns says which)."""
+    if f.feature_set not in FEATURE_SETS:
+        raise ConfigError(f"features.feature_set must be one of {', '.join(FEATURE_SETS)}, got {f.feature_set!r}")
+    if f.feature_set in ("appearance", "both") and not f.geometry:
+        raise ConfigError(f"features.feature_set={f.feature_set} needs features.geometry: true (the appearance features)")
+    if f.feature_set in ("deep", "both") and not (f.embedding or f.resnet50):
+        raise ConfigError(f"features.feature_set={f.feature_set} needs features.embedding or features.resnet50: true")
+    if f.geometry_baseline and not f.geometry:
+        raise ConfigError("features.geometry_baseline needs features.geometry: true")
+    if f.baseline_min_frames < 1:
+        raise ConfigError(f"features.baseline_min_frames must be >= 1, got {f.baseline_min_frames}")
+    s = f.smoothing
+    if s.method not in SMOOTHING_METHODS:
+        raise ConfigError(f"features.smoothing.method must be one of {', '.join(SMOOTHING_METHODS)}, got {s.method!r}")
+    if s.window < 1 or s.window % 2 == 0:
+        raise ConfigError(f"features.smoothing.window must be an odd number >= 1, got {s.window}")
+    if not 0.0 < s.alpha <= 1.0:
+        raise ConfigError(f"features.smoothing.alpha must be in (0, 1], got {s.alpha}")

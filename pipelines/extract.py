@@ -1,7 +1,10 @@
 """The extraction pipeline: videos -> frame, video and dead-letter Parquet.
 
     discover (launcher) -> ProbeVideos -> SplitIntoWorkUnits -> ExtractFaces -> ScoreEmotions
-      -> WriteFrames -> AggregateVideos (rows + dead letters written per video)
+      [-> ExtractDeepFeatures, features.resnet50] -> WriteFrames
+      -> AggregateVideos (rows + dead letters written per video; per-video series columns)
+
+At the end `execute` validates the output (pipelines.validate) when validation.enabled.
 
 `build(p, ...)` only wires the graph and returns its outputs; `execute(config)` discovers
 the inputs, runs the pipeline into a staging folder, commits the staged partitions into
@@ -31,15 +34,18 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from models.registry import ResolvedModel, get_spec, resolve
+from schemas.tables import feature_set_columns
 from pipelines.config import RunConfig
-from pipelines.outputs import (clear_stale_staging, commit_staging, package_versions, previous_fingerprints,
-                               read_table, summarise_videos, write_manifest)
+from pipelines.outputs import (clear_stale_staging, commit_staging, previous_fingerprints, read_table,
+                               run_manifest, summarise_videos, write_manifest)
 from pipelines.progress import ProgressReporter
 from transforms.aggregate import AggregationSettings
 from transforms.discover import ProbeVideos, SplitIntoWorkUnits, discover, split_errors
 from transforms.elements import VideoInput
+from transforms.deep import ExtractDeepFeatures
 from transforms.emotions import ScoreEmotions
 from transforms.faces import ExtractFaces
+from transforms.series import SeriesSettings
 from transforms.videos import AggregateVideos
 from transforms.write import WriteFrames, json_metadata
 
@@ -85,11 +91,14 @@ def build(p: beam.Pipeline, config: RunConfig, plan: RunPlan) -> PipelineOutputs
                                                   job.faces.min_score, job.faces.keep_all_faces,
                                                   job.faces.crop_margin, job.decode.chunk_frames,
                                                   job.decode.sample_fps, job.features.needs_mesh,
-                                                  paths.get("face_mesh")))  # FaceChunk | DeadLetter
+                                                  paths.get("face_mesh"), job.features.resnet50))  # FaceChunk | DeadLetter
     chunks, extract_failures = split_errors(extracted, "Extract")
-    written = (chunks
-               | "ScoreEmotions" >> ScoreEmotions(job.emotion.model, paths.get(job.emotion.model),
-                                                  job.emotion.max_batch, job.emotion.runtime)
+    scored = chunks | "ScoreEmotions" >> ScoreEmotions(job.emotion.model, paths.get(job.emotion.model),
+                                                       job.emotion.max_batch, job.emotion.runtime,
+                                                       job.features.embedding)
+    if job.features.resnet50:           # an extra stage only when asked: the default graph is unchanged
+        scored = scored | "ExtractDeepFeatures" >> ExtractDeepFeatures(paths.get("resnet50"))
+    written = (scored
                | "WriteFrames" >> WriteFrames(plan.staging_root, {v.video_id: v.path for v in plan.inputs},
                                               plan.file_metadata, job.features.groups))
     # Everything known per video (probe results, chunk summaries, dead letters of every stage) goes to
@@ -99,13 +108,27 @@ def build(p: beam.Pipeline, config: RunConfig, plan: RunPlan) -> PipelineOutputs
     outcomes = ({"inputs": videos, "results": results}
                 | "AggregateVideos" >> AggregateVideos(
                     plan.staging_root, aggregation_settings(config), plan.run_id, plan.extra_fields,
-                    plan.file_metadata, {"settings_fingerprint": plan.fingerprint, "models": plan.models_json}))
+                    plan.file_metadata, {"settings_fingerprint": plan.fingerprint, "models": plan.models_json},
+                    series_settings(config), job.features.groups))
     return PipelineOutputs(outcomes)
+
+
+def series_settings(config: RunConfig) -> SeriesSettings:
+    f = config.job.features
+    return SeriesSettings(method=f.smoothing.method, window=f.smoothing.window, alpha=f.smoothing.alpha,
+                          baseline=f.geometry_baseline, baseline_min_frames=f.baseline_min_frames,
+                          neutral_label=config.job.aggregate.neutral_label)
+
+
+def frame_feature_groups(config: RunConfig) -> tuple[str, ...]:
+    """The frame table's optional column groups this run writes (schemas.tables.FEATURE_GROUPS)."""
+    return config.job.features.groups + series_settings(config).groups
 
 
 # Settings that change no row: work-unit and file layout, batch sizes, where things are, display.
 _NOT_FINGERPRINTED = {("input",), ("output",), ("progress",), ("validation",), ("models",),
-                      ("decode", "segment_seconds"), ("decode", "chunk_frames"), ("emotion", "max_batch")}
+                      ("decode", "segment_seconds"), ("decode", "chunk_frames"), ("emotion", "max_batch"),
+                      ("features", "feature_set")}
 
 
 def settings_fingerprint(config: RunConfig, models: Sequence[ResolvedModel]) -> str:
@@ -121,8 +144,14 @@ def settings_fingerprint(config: RunConfig, models: Sequence[ResolvedModel]) -> 
 def resolve_models(config: RunConfig) -> list[ResolvedModel]:
     """Resolve (and fetch if needed) every model the job uses, before any worker starts."""
     job = config.job
-    names = [job.faces.detector, job.emotion.model] + (["face_mesh"] if job.features.needs_mesh else [])
-    return [resolve(name, job.models.paths.get(name)) for name in names]
+    names = ([job.faces.detector, job.emotion.model] + (["face_mesh"] if job.features.needs_mesh else [])
+             + (["resnet50"] if job.features.resnet50 else []))
+    models = [resolve(name, job.models.paths.get(name)) for name in names]
+    if job.features.resnet50:
+        # The user's file: load it once here (about 1 s) so a wrong or corrupt file fails before any worker starts.
+        from models.deep import load_resnet50
+        load_resnet50(models[-1].paths["weights"])
+    return models
 
 
 @contextlib.contextmanager
@@ -185,30 +214,41 @@ def execute(config: RunConfig, argv_for_manifest: Optional[list[str]] = None, fo
 
     commit_staging(plan.staging_root, output, TABLES)
     summary = summarise_videos(read_table(output, "videos", video_ids), len(inputs), run_id)
-    manifest = {
-        "run_id": run_id,
-        "started_at": dt.datetime.fromtimestamp(started, dt.timezone.utc).isoformat(),
-        "finished_at": dt.datetime.now(dt.timezone.utc).isoformat(),
-        "input": job.input,
-        "output": output,
-        "command": argv_for_manifest,
-        "forced": force,
-        "config": config.as_dict(),
-        "settings_fingerprint": plan.fingerprint,
-        "models": [m.manifest_entry() for m in models],
-        "labels": list(settings.labels),
-        "broad_labels": list(settings.broad_labels),
-        "packages": package_versions(),
-        "counts": summary,
-        "timings_s": {"discover_and_resolve": round(discovered - started, 3),
-                      "pipeline": round(pipeline_done - discovered, 3),
-                      "commit_and_summarise": round(time.time() - pipeline_done, 3),
-                      "total": round(time.time() - started, 3)},
-        "throughput_frames_per_s": round(summary["frames_decoded"] / max(pipeline_done - discovered, 1e-9), 1),
-        "tables": {t: FileSystems.join(output, t) for t in TABLES},
-    }
+    manifest = run_manifest(
+        run_id=run_id, started=started, work_started=discovered, work_done=pipeline_done, config=config,
+        output=output, command=argv_for_manifest, forced=force, fingerprint=plan.fingerprint,
+        models=[m.manifest_entry() for m in models], labels=settings.labels, broad_labels=settings.broad_labels,
+        counts=summary, tables=TABLES)
+    manifest.update({
+        "frame_feature_groups": list(frame_feature_groups(config)),
+        "feature_set": feature_set_entry(config),
+    })
     write_manifest(output, manifest)
+    if job.validation.enabled:
+        manifest["validation"] = validate_after_run(output, config)
     return manifest
+
+
+def feature_set_entry(config: RunConfig) -> Optional[dict]:
+    """The training feature set the run was configured for: its name and columns in concatenation order."""
+    name = config.job.features.feature_set
+    if name == "none":
+        return None
+    return {"name": name, "columns": feature_set_columns(name, frame_feature_groups(config))}
+
+
+def validate_after_run(output: str, config: RunConfig) -> dict:
+    """Validate what the run left (pipelines.validate); the verdict also goes into the manifests.
+
+    Validation reads the Parquet with DuckDB, which needs a local folder: for a remote output
+    the entry says so and `affectflow validate` can be run where the output is mounted.
+    """
+    if "://" in output and not output.startswith("file://"):
+        _LOG.warning("validation skipped: %s is not a local folder; run affectflow validate on a local copy", output)
+        return {"valid": None, "skipped": f"{output} is not a local folder"}
+    from pipelines.validate import validate_output
+    report = validate_output(output.removeprefix("file://"), config.job.validation)
+    return {**report.manifest_entry(), "summary": report.summary()}
 
 
 def run(argv: Optional[list[str]] = None) -> int:

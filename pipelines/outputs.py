@@ -106,6 +106,41 @@ def previous_fingerprints(output: str, video_ids: Iterable[str]) -> dict[str, tu
     return {v: (sha, fp) for v, sha, fp in zip(ids, shas, fps) if sha and fp}
 
 
+def run_manifest(*, run_id: str, started: float, work_started: float, work_done: float, config, output: str,
+                 command: Optional[list[str]], forced: bool, fingerprint: str, models: list[dict],
+                 labels: Sequence[str], broad_labels: Sequence[str], counts: dict, tables: Sequence[str]) -> dict:
+    """The keys every run_manifest.json has (a video run's and an ingest's); callers add their own.
+
+    Times are ``time.time()`` values: the run started, its main work (pipeline / ingest)
+    started and finished; ``config`` is the RunConfig; ``counts`` is `summarise_videos`'s.
+    """
+    import datetime as dt
+    import time
+    now = time.time()
+    return {
+        "run_id": run_id,
+        "started_at": dt.datetime.fromtimestamp(started, dt.timezone.utc).isoformat(),
+        "finished_at": dt.datetime.fromtimestamp(now, dt.timezone.utc).isoformat(),
+        "input": config.job.input,
+        "output": output,
+        "command": command,
+        "forced": forced,
+        "config": config.as_dict(),
+        "settings_fingerprint": fingerprint,
+        "models": models,
+        "labels": list(labels),
+        "broad_labels": list(broad_labels),
+        "packages": package_versions(),
+        "counts": counts,
+        "timings_s": {"discover_and_resolve": round(work_started - started, 3),
+                      "pipeline": round(work_done - work_started, 3),
+                      "commit_and_summarise": round(now - work_done, 3),
+                      "total": round(now - started, 3)},
+        "throughput_frames_per_s": round(counts["frames_decoded"] / max(work_done - work_started, 1e-9), 1),
+        "tables": {t: FileSystems.join(output, t) for t in tables},
+    }
+
+
 def write_manifest(output: str, manifest: dict) -> None:
     """``output/run_manifest.json`` (latest run) and ``output/runs/<run_id>/run_manifest.json`` (kept)."""
     data = json.dumps(manifest, indent=2, default=str).encode()

@@ -174,11 +174,9 @@ def validate_output(output_dir: str | os.PathLike, settings: Optional[Validation
     output = Path(output_dir).resolve()
     manifest = _read_manifest(output)
     from schemas.expectations import RunFacts, suites
-    from schemas.tables import FEATURE_GROUPS
-    features = ((manifest.get("config") or {}).get("job") or {}).get("features") or {}
     facts = RunFacts(run_id=str(manifest["run_id"]), labels=tuple(manifest["labels"]),
                      broad_labels=tuple(manifest["broad_labels"]), counts=dict(manifest["counts"]),
-                     feature_groups=tuple(g for g in FEATURE_GROUPS if features.get(g)))
+                     feature_groups=_feature_groups(manifest))
     planned = suites(facts, settings)
     validation_dir = output / VALIDATION_DIR
     docs_dir = validation_dir / DATA_DOCS_DIR
@@ -247,6 +245,15 @@ def _read_manifest(output: Path) -> dict:
     if absent:
         raise ValueError(f"{path} lacks {', '.join(absent)}; was it written by affectflow run?")
     return manifest
+
+
+def _feature_groups(manifest: dict) -> tuple[str, ...]:
+    """The frame table's optional column groups: ``frame_feature_groups`` of the manifest; older
+    manifests only have the config's boolean switches (landmarks, geometry)."""
+    if "frame_feature_groups" in manifest:
+        return tuple(manifest["frame_feature_groups"])
+    features = ((manifest.get("config") or {}).get("job") or {}).get("features") or {}
+    return tuple(g for g in ("landmarks", "geometry") if features.get(g) is True)
 
 
 def table_files(output: Path, table: str) -> list[str]:

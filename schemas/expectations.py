@@ -33,8 +33,9 @@ import great_expectations.expectations as gxe
 import pyarrow as pa
 from great_expectations.expectations.row_conditions import Column as Col
 
-from schemas.tables import (FALLBACKS, PARTITION_COLUMN, VIDEO_STATUSES, count_column, dead_letter_schema,
-                            feature_columns, file_schema, frac_column, frame_columns, frame_schema, prob_column,
+from schemas.external import face_rule_exemptions
+from schemas.tables import (DEAD_LETTER_STAGES, FALLBACKS, PARTITION_COLUMN, VIDEO_STATUSES, count_column, dead_letter_schema,
+                            feature_columns, file_schema, frac_column, frame_columns, frame_schema, prob_column, smooth_column,
                             video_columns, video_schema)
 
 if TYPE_CHECKING:
@@ -123,7 +124,8 @@ def _columns_match(table: str, schema: pa.Schema, exact: bool):
 def frame_expectations(facts: RunFacts, settings: "ValidationConfig") -> list:
     columns = frame_columns(facts.labels)
     face_columns = [c for c in columns if c.nullable]
-    features = feature_columns(facts.feature_groups)       # null without a face; present with one is not promised
+    features = feature_columns(facts.feature_groups, facts.labels)   # null without a face; present with one is not promised
+    per_frame, unpromised = face_rule_exemptions(facts.feature_groups)  # ingested tools' exceptions (schemas.external)
     probs = [prob_column(l) for l in facts.labels]
     prob_sum = " + ".join(_ident(p) for p in probs)
     eps = settings.box_tolerance_px
@@ -133,8 +135,9 @@ def frame_expectations(facts: RunFacts, settings: "ValidationConfig") -> list:
     exps += _not_null(t, [c for c in columns if not c.nullable])
     exps += [gxe.ExpectColumnValuesToBeNull(column=c.name, row_condition=Col("face_found") == False,  # noqa: E712
                                             meta=meta(t, c.name, "null when face_found is false"))
-             for c in face_columns + features]
-    exps += _not_null(t, face_columns, Col("face_found") == True, " when face_found is true")  # noqa: E712
+             for c in face_columns + features if c.name not in per_frame]
+    exps += _not_null(t, [c for c in face_columns if c.name not in unpromised], Col("face_found") == True,  # noqa: E712
+                      " when face_found is true")
     exps += [_between(t, c, 0, 1) for c in (*probs, "emotion_confidence", "detector_score")]
     exps += [_between(t, "frame_index", 0), _between(t, "face_index", 0), _between(t, "faces_in_frame", 0),
              _between(t, "frame_width", 1), _between(t, "frame_height", 1)]
@@ -142,6 +145,11 @@ def frame_expectations(facts: RunFacts, settings: "ValidationConfig") -> list:
     exps.append(_rows(t, "prob_*", f"probabilities of a row with a face sum to 1 (within {tol:g})", f"""
         SELECT video_id, frame_index, face_index, {prob_sum} AS probability_sum FROM {{batch}}
         WHERE face_found AND abs({prob_sum} - 1) > {tol!r}"""))
+    if "smoothing" in facts.feature_groups:     # convex combinations of probability rows: still sum to 1
+        smooth_sum = " + ".join(_ident(smooth_column(l)) for l in facts.labels)
+        exps.append(_rows(t, "smooth_*", f"smoothed probabilities of a primary face sum to 1 (within {tol:g})", f"""
+            SELECT video_id, frame_index, {smooth_sum} AS smoothed_sum FROM {{batch}}
+            WHERE face_found AND face_index = 0 AND (abs({smooth_sum} - 1) > {tol!r} OR {smooth_sum} IS NULL)"""))
     exps.append(_rows(t, "(video_id, frame_index, face_index)",
                       "unique key; a faceless frame (face_index null) counts as face 0", """
         SELECT video_id, frame_index, coalesce(face_index, 0) AS face_key, count(*) AS row_count FROM {batch}
@@ -276,6 +284,7 @@ def dead_letter_expectations() -> list:
     exps.append(_rows(t, PARTITION_COLUMN, "belongs to a video whose status is failed", f"""
         SELECT video_id, stage, error_type FROM {{batch}}
         WHERE video_id NOT IN (SELECT video_id FROM {VIDEOS} WHERE status = 'failed' AND video_id IS NOT NULL)"""))
+    exps.append(_in_set(t, "stage", DEAD_LETTER_STAGES, "the pipeline's stages"))
     return exps
 
 

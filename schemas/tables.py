@@ -21,6 +21,8 @@ import pyarrow as pa
 PARTITION_COLUMN = "video_id"
 VIDEO_STATUSES = ("ok", "no_face", "failed")
 FALLBACKS = ("neutral", "top1")
+# Where a failure can happen (dead_letters.stage).
+DEAD_LETTER_STAGES = ("probe", "decode", "detect", "landmarks", "emotion", "features", "write", "aggregate", "ingest")
 
 
 @dataclass(frozen=True)
@@ -84,12 +86,29 @@ def frame_columns(labels: Sequence[str]) -> list[Column]:
     return cols
 
 
+def smooth_column(label: str) -> str:
+    return f"smooth_{label}"
+
+
+def baseline_column(measure: str) -> str:
+    return f"{measure}_rel"
+
+
 N_LANDMARK_VALUES = 468 * 3
-FEATURE_GROUPS = ("landmarks", "geometry")
+EMBEDDING_COLUMN = "emb_mini_xception"
+RESNET50_COLUMN = "resnet50"
+# Frame-table column groups beyond the core columns, in the order their columns follow them.
+# landmarks..resnet50 come from a video run (features.* in the config); openface and pyfeat
+# from `affectflow ingest`; baseline and smoothing (computed per video, transforms/series.py) from
+# features.geometry_baseline and features.smoothing.
+FEATURE_GROUPS = ("landmarks", "geometry", "embedding", "resnet50", "openface", "pyfeat", "baseline", "smoothing")
 
 
-def feature_columns(groups: Sequence[str]) -> list[Column]:
-    """Optional frame-table columns, one block per feature group switched on (see FEATURE_GROUPS)."""
+def feature_columns(groups: Sequence[str], labels: Sequence[str] = ()) -> list[Column]:
+    """Optional frame-table columns, one block per feature group switched on (see FEATURE_GROUPS).
+
+    ``labels`` (the emotion model's) name the smoothing group's columns.
+    """
     from transforms.geometry import describe          # formulas live with the code that computes them
     unknown = set(groups) - set(FEATURE_GROUPS)
     if unknown:
@@ -107,11 +126,58 @@ def feature_columns(groups: Sequence[str]) -> list[Column]:
     if "geometry" in groups:
         cols += [Column(name, pa.float32(), True, f"Geometric measure, not a trained AU detector: {doc}.")
                  for name, doc in describe().items()]
+    if "embedding" in groups:
+        cols.append(Column(EMBEDDING_COLUMN, pa.list_(pa.float32()), True,
+                           "Emotion network's embedding, from the same forward pass as the probabilities: global average "
+                           "of the feature map that feeds its classifier conv (fer_mini_xception: 128 signed values, "
+                           "the 4x4x128 map before Conv2D(7, 3x3) -> average pool -> softmax)."))
+    if "resnet50" in groups:
+        cols.append(Column(RESNET50_COLUMN, pa.list_(pa.float32()), True,
+                           "ResNet50 (Keras architecture, your weights) 2048 globally average-pooled features (after ReLU, "
+                           ">= 0) of the 224x224 RGB face crop (same square box as the emotion crop)."))
+    if "openface" in groups or "pyfeat" in groups:
+        from schemas.external import external_columns    # the tools' own column layouts
+        cols += external_columns(groups)
+    if "baseline" in groups:
+        cols += [Column(baseline_column(name), pa.float32(), True,
+                        f"{name} minus its median over the video's neutral-labelled primary-face frames "
+                        "(null: another face, or too few neutral frames for a baseline).")
+                 for name in describe()]
+    if "smoothing" in groups:
+        cols += [Column(smooth_column(l), pa.float32(), True,
+                        f"{prob_column(l)} smoothed over adjacent frames of the video (features.smoothing; null without a face).")
+                 for l in labels]
     return cols
 
 
 def frame_schema(labels: Sequence[str], feature_groups: Sequence[str] = ()) -> pa.Schema:
-    return _schema(frame_columns(labels) + feature_columns(feature_groups), "frames")
+    return _schema(frame_columns(labels) + feature_columns(feature_groups, labels), "frames")
+
+
+def feature_set_columns(feature_set: str, groups: Sequence[str]) -> list[str]:
+    """The frame-table columns of a training feature set, in the documented concatenation order.
+
+    appearance: the geo_* measures (schema order), or a tool's AU intensities when the table
+    was ingested from OpenFace / py-feat; deep: the embedding, then ResNet50 (each a list
+    column, expanded in place); both: appearance, then deep. Raises ValueError when the
+    groups the set needs were not written.
+    """
+    appearance: list[str] = []
+    if "geometry" in groups:
+        appearance = [c.name for c in feature_columns(["geometry"])]
+    elif "openface" in groups or "pyfeat" in groups:
+        from schemas.external import appearance_columns
+        appearance = appearance_columns(groups)
+    deep = [name for group, name in (("embedding", EMBEDDING_COLUMN), ("resnet50", RESNET50_COLUMN)) if group in groups]
+    wanted = {"appearance": (appearance,), "deep": (deep,), "both": (appearance, deep)}.get(feature_set)
+    if wanted is None:
+        raise ValueError(f"feature set must be appearance, deep or both, got {feature_set!r}")
+    if not all(wanted):
+        raise ValueError(f"feature set {feature_set!r} needs "
+                         + {"appearance": "the geometry group (or an OpenFace / py-feat ingest)",
+                            "deep": "the embedding or resnet50 group",
+                            "both": "appearance and deep groups"}[feature_set] + f"; the table has {list(groups)}")
+    return [name for part in wanted for name in part]
 
 
 # --- video table ---------------------------------------------------------------------------
@@ -180,7 +246,7 @@ def dead_letter_columns() -> list[Column]:
     return [
         Column(PARTITION_COLUMN, pa.string(), False, "Video the failure belongs to (partition key)."),
         Column("source_path", pa.string(), False, "Path or URI of the input."),
-        Column("stage", pa.string(), False, "Pipeline stage that failed: probe | decode | detect | emotion | write."),
+        Column("stage", pa.string(), False, "Pipeline stage that failed: " + " | ".join(DEAD_LETTER_STAGES) + "."),
         Column("segment_index", pa.int32(), True, "Segment that failed, when the failure is segment-level."),
         Column("error_type", pa.string(), False, "Exception class name."),
         Column("error_message", pa.string(), False, "Exception message."),

@@ -12,6 +12,7 @@ from models.landmarks import OUTER_EYE_CORNERS, FaceMesh, normalise_landmarks, r
 from models.registry import resolve
 from pipelines.config import load_config
 from pipelines.extract import execute
+from pipelines.featureset import feature_matrix
 from pipelines.outputs import read_table
 from pipelines.samples import fetch_samples
 from schemas.tables import FEATURE_GROUPS, N_LANDMARK_VALUES, feature_columns
@@ -80,11 +81,11 @@ def test_roi_transform_maps_crop_centre_to_box_centre_and_follows_roll():
 
 
 def test_feature_columns_are_declared_for_every_measure():
-    names = [c.name for c in feature_columns(FEATURE_GROUPS)]
+    names = [c.name for c in feature_columns(["landmarks", "geometry"])]
     assert names[:3] == ["landmarks", "landmarks_norm", "mesh_presence"]
     assert tuple(names[3:]) == FEATURE_NAMES
     with pytest.raises(ValueError, match="unknown feature groups"):
-        feature_columns(["openface"])
+        feature_columns(["bogus"])
 
 
 def test_pipeline_writes_feature_groups(tmp_path, single_face, samples_dir):
@@ -92,7 +93,8 @@ def test_pipeline_writes_feature_groups(tmp_path, single_face, samples_dir):
     shutil.copy(single_face, tmp_path / "s.mp4")
     media.face_appears_disappears_video(tmp_path / "appears.mp4", single_face, 3, 6, 3)
     config = load_config(None, {"input": str(tmp_path), "output": str(tmp_path / "out")},
-                         ["progress=false", "features.landmarks=true", "features.geometry=true"])
+                         ["progress=false", "features.landmarks=true", "features.geometry=true",
+                          "features.feature_set=appearance"])
     manifest = execute(config)
     assert "face_mesh" in {m["name"] for m in manifest["models"]}
     frames = read_table(str(tmp_path / "out"), "frames").to_pandas()
@@ -104,3 +106,10 @@ def test_pipeline_writes_feature_groups(tmp_path, single_face, samples_dir):
     assert (faces.mesh_presence > 0.5).all()
     pts = np.stack(faces.landmarks.to_numpy()).reshape(-1, 468, 3)
     assert (pts[..., 0] >= -5).all() and (pts[..., 0] <= faces.frame_width.to_numpy()[:, None] + 5).all()
+    # The configured training set: recorded in the manifest, loaded as a matrix of the face rows.
+    assert manifest["feature_set"] == {"name": "appearance", "columns": list(FEATURE_NAMES)}
+    keys, x, names = feature_matrix(tmp_path / "out")
+    assert names == list(FEATURE_NAMES) and x.shape == (len(faces), len(FEATURE_NAMES))
+    expected = faces.sort_values(["video_id", "frame_index"])
+    np.testing.assert_array_equal(keys.frame_index, expected.frame_index)
+    np.testing.assert_allclose(x, expected[list(FEATURE_NAMES)].to_numpy(np.float32))

@@ -148,6 +148,7 @@ def test_duplicate_frame_index(out):
     ("videos", "single_face.mp4", "broad_top1_label", "meh", "in the run's broad labels"),
     ("videos", "single_face.mp4", "fallback", "median", "in FALLBACKS"),
     ("videos", "face_noface.mov", "status", "partial", "in VIDEO_STATUSES"),
+    ("dead_letters", "random.mp4", "stage", "teleport", "in the pipeline's stages"),
 ])
 def test_label_outside_the_vocabulary(out, table, file_name, column, value, rule):
     def relabel(t):

@@ -2,7 +2,8 @@
 
 Only small descriptors cross a shuffle (VideoInput, VideoInfo, WorkUnit, summaries);
 frames never leave the DoFn that decodes them, and what flows from face extraction to
-the emotion model is a chunk of 64x64 crops (about 4 KB a face).
+the emotion model is a chunk of 64x64 crops (about 4 KB a face); with features.resnet50 on,
+also 224x224 RGB crops (147 KB a face), dropped once ResNet50 has read them.
 """
 from __future__ import annotations
 
@@ -80,6 +81,9 @@ class FaceChunk:
     crops: np.ndarray                  # uint8[m, 64, 64]
     landmarks: Optional[np.ndarray] = None   # float32[m, 468, 3] frame pixels, when landmarks are on
     mesh_presence: Optional[np.ndarray] = None  # float32[m], the mesh network's face probability
+    # uint8[m, 224, 224, 3] RGB, same square box as `crops`, when features.resnet50 is on:
+    # 147 KB a face, so 256 frames of one face = 38.5 MB per chunk (see faces.DEEP_CHUNK_FRAMES)
+    face_rgb: Optional[np.ndarray] = None
 
     def __len__(self) -> int:          # RunInference counts examples with len()
         return len(self.crops)
@@ -87,10 +91,16 @@ class FaceChunk:
 
 @dataclass
 class ScoredChunk:
-    """A FaceChunk with the emotion model's probabilities, float32[m, n_labels]."""
+    """A FaceChunk with the emotion model's probabilities, float32[m, n_labels], and the
+    optional deep features, one row per face (None when their feature group is off)."""
     chunk: FaceChunk
     probs: np.ndarray
     labels: tuple[str, ...]
+    embedding: Optional[np.ndarray] = None   # float32[m, 128] emotion network embedding (features.embedding)
+    resnet50: Optional[np.ndarray] = None    # float32[m, 2048] >= 0, ResNet50 pooled features (features.resnet50)
+
+    def __len__(self) -> int:          # RunInference counts examples with len(): faces, as for FaceChunk
+        return len(self.chunk)
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,8 @@ class ScoreEmotions(beam.PTransform):
 
     One model per worker process (RunInference's shared handle); each chunk's crops go
     through the network in sub-batches of ``max_batch``. Chunks with no face pass with
-    an empty probability array.
+    an empty probability array. ``embedding``: the same forward pass also gives each face's
+    embedding (``ScoredChunk.embedding``, 128-d for the Mini-Xception; defined in models/emotion.py).
 
     Example::
 
@@ -22,9 +23,9 @@ class ScoreEmotions(beam.PTransform):
     """
 
     def __init__(self, model_name: str = "fer_mini_xception", model_path: Optional[str] = None,
-                 max_batch: int = 256, runtime: str = "tflite"):
+                 max_batch: int = 256, runtime: str = "tflite", embedding: bool = False):
         super().__init__()
-        self.handler = EmotionModelHandler(model_name, model_path, max_batch, runtime)
+        self.handler = EmotionModelHandler(model_name, model_path, max_batch, runtime, embedding)
 
     def expand(self, chunks):
         return chunks | "RunEmotionModel" >> RunInference(self.handler)

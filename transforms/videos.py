@@ -25,6 +25,7 @@ from apache_beam.io.filesystems import FileSystems
 from schemas.tables import dead_letter_schema, video_schema
 from transforms.aggregate import LABEL_COLUMNS_NULLED_WHEN_FAILED, AggregationSettings, video_labels
 from transforms.elements import ChunkSummary, ContentHash, DeadLetter, Unchanged, VideoInfo, VideoInput
+from transforms.series import SeriesSettings, add_video_series_columns
 from transforms.write import partition_dir, records_table, write_parquet
 
 TRUNCATION_RATIO = 0.9
@@ -124,8 +125,11 @@ class WriteVideoFn(beam.DoFn):
     """(video_id, {inputs, results}) -> VideoOutcome, writing the video's row and dead letters."""
 
     def __init__(self, root: str, settings: AggregationSettings, run_id: str, extra_fields: Sequence[pa.Field],
-                 file_metadata: Mapping[str, str], provenance: Mapping[str, str]):
+                 file_metadata: Mapping[str, str], provenance: Mapping[str, str],
+                 series: SeriesSettings = SeriesSettings(), feature_groups: Sequence[str] = ()):
         self._root = root
+        self._series = series
+        self._feature_groups = tuple(feature_groups)
         self._settings = settings
         self._run_id = run_id
         self._provenance = dict(provenance)     # settings_fingerprint, models
@@ -152,6 +156,8 @@ class WriteVideoFn(beam.DoFn):
                           key=lambda f: (-1 if f.segment_index is None else f.segment_index, f.stage))
         info = infos[0] if infos else None
         failures += completeness_failures(inputs[0], info, summaries, failures)
+        if self._series.groups and any(s.rows_written for s in summaries):
+            failures += self._add_series_columns(inputs[0])
         row = build_video_row(inputs[0], info, summaries, failures, self._settings, self._run_id)
         if hashes and info is None:     # unprobeable, but its bytes are known: a rerun can skip it
             row.update(content_sha256=hashes[0].content_sha256, size_bytes=hashes[0].size_bytes)
@@ -164,6 +170,15 @@ class WriteVideoFn(beam.DoFn):
                       FileSystems.join(partition_dir(self._root, "dead_letters", video_id), "part-00000.parquet"),
                       self._metadata)
         yield VideoOutcome(video_id, row["status"], row["frames_sampled"], row["frames_with_face"])
+
+    def _add_series_columns(self, video: VideoInput) -> list[DeadLetter]:
+        """Baseline / smoothing columns of the video's frame files (they need the whole video, so here)."""
+        try:
+            add_video_series_columns(self._root, video.video_id, self._settings.labels, self._feature_groups,
+                                     self._series, self._metadata)
+            return []
+        except Exception as exc:  # noqa: BLE001 - the video fails, the run goes on
+            return [DeadLetter.from_exception(video.video_id, video.path, "features", exc)]
 
 
 def _key(element):
@@ -182,10 +197,14 @@ class AggregateVideos(beam.PTransform):
 
     def __init__(self, root: str, settings: AggregationSettings, run_id: str,
                  extra_fields: Sequence[pa.Field] = (), file_metadata: Mapping[str, str] | None = None,
-                 provenance: Mapping[str, str] | None = None):
+                 provenance: Mapping[str, str] | None = None, series: SeriesSettings = SeriesSettings(),
+                 feature_groups: Sequence[str] = ()):
+        """``series``: the per-video columns (neutral baseline, smoothing) appended to the frame files
+        WriteFrames wrote with ``feature_groups`` (transforms.series)."""
         super().__init__()
         provenance = provenance or {"settings_fingerprint": "", "models": "[]"}
-        self._fn = WriteVideoFn(root, settings, run_id, extra_fields, file_metadata or {}, provenance)
+        self._fn = WriteVideoFn(root, settings, run_id, extra_fields, file_metadata or {}, provenance,
+                                series, feature_groups)
 
     def expand(self, pcolls):
         keyed = {name: pcoll | f"KeyByVideo{name.title()}" >> beam.Map(_key) for name, pcoll in pcolls.items()}

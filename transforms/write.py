@@ -20,7 +20,8 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
 from models.landmarks import normalise_landmarks
-from schemas.tables import N_LANDMARK_VALUES, PARTITION_COLUMN, frame_schema, prob_column
+from schemas.tables import (EMBEDDING_COLUMN, PARTITION_COLUMN, RESNET50_COLUMN, frame_schema,
+                           prob_column)
 from transforms.geometry import geometric_features
 from transforms.elements import ChunkSummary, DeadLetter, ScoredChunk
 
@@ -57,7 +58,8 @@ def frame_table(scored: ScoredChunk, feature_groups: Sequence[str] = ()) -> pa.T
     """Frame rows of one chunk: one per kept face, one with null face columns per faceless frame.
 
     Rows are ordered by frame_index, then face_index. ``feature_groups`` adds the columns of
-    schemas.feature_columns, from the chunk's landmarks.
+    schemas.feature_columns: landmarks and geometry from the chunk's landmarks, embedding and
+    resnet50 from the ScoredChunk's arrays (list columns, null on faceless rows).
     """
     c = scored.chunk
     n = len(c.frame_index)
@@ -102,26 +104,38 @@ def frame_table(scored: ScoredChunk, feature_groups: Sequence[str] = ()) -> pa.T
     columns["emotion_confidence"] = face_col(probs.max(axis=1) if len(probs) else np.zeros(0, np.float32),
                                              pa.float32())
     if feature_groups:
-        columns.update(_feature_columns(c, feature_groups, has_face, face_rows, face_col))
+        columns.update(_feature_columns(scored, feature_groups, has_face, face_rows, face_col))
     return pa.table([columns[f.name] for f in schema], schema=schema)
 
 
-def _feature_columns(c, groups, has_face, face_rows, face_col) -> dict[str, pa.Array]:
-    if c.landmarks is None:
-        raise ValueError(f"feature groups {list(groups)} need landmarks, but the chunk has none")
+def _list_col(per_face: np.ndarray, has_face: np.ndarray, face_rows: np.ndarray) -> pa.Array:
+    """A list<float32> column: row i holds per_face[face] flattened when it has a face, else null."""
+    width = int(np.prod(per_face.shape[1:]))
+    values = pa.array(per_face.reshape(len(per_face), width)[face_rows].reshape(-1), pa.float32())
+    offsets = pa.array(np.concatenate([[0], np.cumsum(has_face * width)]), pa.int32())
+    return pa.ListArray.from_arrays(offsets, values, mask=pa.array(~has_face))
+
+
+def _feature_columns(scored: ScoredChunk, groups, has_face, face_rows, face_col) -> dict[str, pa.Array]:
+    c = scored.chunk
     out = {}
-    normalised = normalise_landmarks(c.landmarks)
-    if "landmarks" in groups:
-        def points_col(points: np.ndarray) -> pa.Array:
-            values = pa.array(points.reshape(len(points), -1)[face_rows].reshape(-1), pa.float32())
-            offsets = pa.array(np.concatenate([[0], np.cumsum(has_face * N_LANDMARK_VALUES)]), pa.int32())
-            return pa.ListArray.from_arrays(offsets, values, mask=pa.array(~has_face))
-        out["landmarks"] = points_col(c.landmarks)
-        out["landmarks_norm"] = points_col(normalised)
-        out["mesh_presence"] = face_col(c.mesh_presence, pa.float32())
-    if "geometry" in groups:
-        out.update({name: face_col(values, pa.float32())
-                    for name, values in geometric_features(normalised).items()})
+    if "landmarks" in groups or "geometry" in groups:
+        if c.landmarks is None:
+            raise ValueError(f"feature groups {list(groups)} need landmarks, but the chunk has none")
+        normalised = normalise_landmarks(c.landmarks)
+        if "landmarks" in groups:
+            out["landmarks"] = _list_col(c.landmarks, has_face, face_rows)
+            out["landmarks_norm"] = _list_col(normalised, has_face, face_rows)
+            out["mesh_presence"] = face_col(c.mesh_presence, pa.float32())
+        if "geometry" in groups:
+            out.update({name: face_col(values, pa.float32())
+                        for name, values in geometric_features(normalised).items()})
+    for group, column, values in (("embedding", EMBEDDING_COLUMN, scored.embedding),
+                                  ("resnet50", RESNET50_COLUMN, scored.resnet50)):
+        if group in groups:
+            if values is None:
+                raise ValueError(f"feature group {group!r} is on, but the chunk carries no {group} values")
+            out[column] = _list_col(values, has_face, face_rows)
     return out
 
 

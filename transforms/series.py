@@ -1,0 +1,154 @@
+"""Per-video frame columns that need the whole video: smoothing and the neutral baseline.
+
+Both cross chunk and segment boundaries, so they cannot be computed where a chunk is
+written. `add_video_series_columns` runs per video once every chunk of it is in the run's
+staging folder (AggregateVideos calls it): it reads the columns it needs from the video's
+frame files, computes the series and rewrites each file once with the new columns appended
+(schemas.tables feature groups ``baseline`` then ``smoothing``, after every other group).
+
+The series is the primary face's rows (``face_index == 0``) in frame order. Faceless frames
+are skipped, not treated as zeros, and get null; so do further faces (``face_index`` ranks
+faces by size in each frame, it does not follow a person, so their series would mix people).
+
+**Smoothing** (``smooth_<label>``, features.smoothing):
+
+* ``window``: centred moving average over ``window`` (odd) consecutive primary-face rows;
+  at the ends of the series the window is cut short (mean of the rows it covers);
+* ``ema``: s_0 = p_0, s_t = alpha * p_t + (1 - alpha) * s_(t-1).
+
+Both are convex combinations of probability rows, so each smoothed row still sums to 1.
+
+**Neutral baseline** (``<geo measure>_rel``, features.geometry_baseline): each ``geo_*`` measure
+minus the video's own neutral level, the median of that measure over the video's primary-face
+frames the emotion model labels neutral. The geometric measures differ between faces at rest
+(a wide mouth, heavy brows); the difference from the person's own neutral face is what the
+action unit moves. With fewer than ``baseline_min_frames`` neutral frames no baseline can be
+established and the column is null for the whole video: it is not invented from other frames.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from apache_beam.io.filesystems import FileSystems
+
+from schemas.tables import (PARTITION_COLUMN, baseline_column, feature_columns, file_schema, frame_schema,
+                            prob_column, smooth_column)
+from transforms.write import write_parquet
+
+
+@dataclass(frozen=True)
+class SeriesSettings:
+    """features.smoothing (method none | window | ema) and features.geometry_baseline of the config."""
+    method: str = "none"
+    window: int = 5
+    alpha: float = 0.3
+    baseline: bool = False
+    baseline_min_frames: int = 10
+    neutral_label: str = "neutral"
+
+    @property
+    def groups(self) -> tuple[str, ...]:
+        """The feature groups this step appends, in schema order."""
+        return (("baseline",) if self.baseline else ()) + (("smoothing",) if self.method != "none" else ())
+
+
+def smooth_series(probs: np.ndarray, settings: SeriesSettings) -> np.ndarray:
+    """float[n, k] probabilities in time order -> float32[n, k] smoothed (see the module docstring)."""
+    probs = np.asarray(probs, np.float64)
+    n = len(probs)
+    if n == 0 or settings.method == "none":
+        return probs.astype(np.float32)
+    if settings.method == "window":
+        half = settings.window // 2
+        csum = np.vstack([np.zeros((1, probs.shape[1])), np.cumsum(probs, axis=0)])
+        lo = np.clip(np.arange(n) - half, 0, n)
+        hi = np.clip(np.arange(n) + half + 1, 0, n)
+        return ((csum[hi] - csum[lo]) / (hi - lo)[:, None]).astype(np.float32)
+    if settings.method == "ema":
+        out = np.empty_like(probs)
+        out[0] = probs[0]
+        a = settings.alpha
+        for t in range(1, n):               # sequential by definition; n is one video's frames
+            out[t] = a * probs[t] + (1.0 - a) * out[t - 1]
+        return out.astype(np.float32)
+    raise ValueError(f"unknown smoothing method {settings.method!r}; use none, window or ema")
+
+
+def neutral_baseline(values: np.ndarray, is_neutral: np.ndarray, min_frames: int) -> np.ndarray:
+    """float[n, d] measures and bool[n] -> float[d]: median over the neutral rows (NaN when too few)."""
+    neutral = values[is_neutral]
+    neutral = neutral[~np.isnan(neutral).any(axis=1)]
+    if len(neutral) < max(min_frames, 1):
+        return np.full(values.shape[1], np.nan)
+    return np.median(neutral, axis=0)
+
+
+def _frame_files(root: str, video_id: str) -> list[str]:
+    pattern = FileSystems.join(root, "frames", f"{PARTITION_COLUMN}={video_id}", "part-*.parquet")
+    return sorted(m.path for m in FileSystems.match([pattern])[0].metadata_list)
+
+
+def _read(path: str, columns: Sequence[str] | None = None) -> pa.Table:
+    with FileSystems.open(path) as fh:
+        return pq.read_table(fh, columns=list(columns) if columns else None)
+
+
+def _numpy(table: pa.Table, names: Sequence[str]) -> np.ndarray:
+    return np.column_stack([table.column(c).to_numpy(zero_copy_only=False).astype(np.float64) for c in names])
+
+
+def add_video_series_columns(root: str, video_id: str, labels: Sequence[str], feature_groups: Sequence[str],
+                             settings: SeriesSettings, file_metadata: dict | None = None) -> int:
+    """Append the series columns to every staged frame file of one video; return the video's rows.
+
+    ``root``: the run's staging root, holding ``frames/video_id=<id>/part-*.parquet`` as
+    WriteFrames wrote them with ``feature_groups``; afterwards they hold the schema of
+    ``feature_groups + settings.groups``. Memory: one file at a time plus, for the whole video,
+    the primary face's probabilities and geometric measures (a few dozen floats a frame).
+    """
+    files = _frame_files(root, video_id)
+    if not files or not settings.groups:
+        return 0
+    probs_cols = [prob_column(l) for l in labels]
+    geo_cols = [c.name for c in feature_columns(["geometry"])] if settings.baseline else []
+    parts = [_read(f, ["frame_index", "face_index", "emotion_label", *probs_cols, *geo_cols]) for f in files]
+    sizes = [t.num_rows for t in parts]
+    table = pa.concat_tables(parts)
+    primary = table.column("face_index").fill_null(-1).to_numpy() == 0
+    rows = np.flatnonzero(primary)
+    rows = rows[np.argsort(table.column("frame_index").to_numpy()[rows], kind="stable")]
+
+    new: dict[str, np.ndarray] = {}                 # column -> float32[table rows], NaN where null
+    if settings.baseline:
+        geo = _numpy(table, geo_cols)
+        labels_now = np.asarray(table.column("emotion_label").to_pylist(), dtype=object)
+        base = neutral_baseline(geo[rows], labels_now[rows] == settings.neutral_label, settings.baseline_min_frames)
+        for j, name in enumerate(geo_cols):
+            values = np.full(table.num_rows, np.nan, np.float32)
+            values[rows] = geo[rows, j] - base[j]
+            new[baseline_column(name)] = values
+    if settings.method != "none":
+        smoothed = smooth_series(_numpy(table, probs_cols)[rows], settings)
+        for j, label in enumerate(labels):
+            values = np.full(table.num_rows, np.nan, np.float32)
+            values[rows] = smoothed[:, j]
+            new[smooth_column(label)] = values
+
+    target = file_schema(frame_schema(labels, (*feature_groups, *settings.groups)))
+    start = 0
+    for path, size in zip(files, sizes):
+        original = _read(path)
+        columns = {name: original.column(name) for name in original.column_names}
+        for name, values in new.items():
+            chunk = values[start:start + size]
+            columns[name] = pa.array(chunk, pa.float32(), mask=np.isnan(chunk))
+        metadata = {k.decode(): v.decode() for k, v in (original.schema.metadata or {}).items()
+                    if k.startswith(b"affectflow.")}
+        metadata.update(file_metadata or {})
+        write_parquet(pa.table([columns[f.name] for f in target], schema=target), path, metadata)
+        start += size
+    return table.num_rows
