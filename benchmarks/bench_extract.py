@@ -453,9 +453,9 @@ def main(argv=None) -> int:
                 "pipeline_vs_decode": vs_decode, "pipeline_vs_decode_pass": vs_decode >= TARGET_VS_DECODE,
                 "total_vs_naive": vs_naive_total}
             say(f"  [{label}] pipeline / naive  = {vs_naive:6.2f}x  (target >= {TARGET_VS_NAIVE:g}x)   "
-                f"{verdict(vs_naive >= TARGET_VS_NAIVE)}")
+                f"{target_verdict(label, vs_naive >= TARGET_VS_NAIVE)}")
             say(f"  [{label}] pipeline / decode = {vs_decode:6.3f}   (target >= {TARGET_VS_DECODE:g})    "
-                f"{verdict(vs_decode >= TARGET_VS_DECODE)}")
+                f"{target_verdict(label, vs_decode >= TARGET_VS_DECODE)}")
             reference = FACTS_NAIVE_FPS.get(Path(video).name)
             if reference:
                 results["ratios"][label]["pipeline_vs_facts_naive"] = r["median_fps_pipeline"] / reference
@@ -527,6 +527,17 @@ def main(argv=None) -> int:
     return 0
 
 
+# The throughput targets are the default job's (runner_configs/local.yaml, features off). The other
+# variants are printed beside it for comparison: feature runs do more work per frame (their own
+# target is the ratio to emotion-only), and the multi-process runner pays ~5 s of worker start-up
+# that a 16 s clip cannot amortise.
+TARGETED_VARIANT = "direct"
+
+
+def target_verdict(label: str, ok: bool) -> str:
+    return verdict(ok) if label == TARGETED_VARIANT else "reported"
+
+
 def print_table(r: dict) -> None:
     dec, nv = r["decode_only"], r["naive"]
     rows = [("decode-only (cap.read, all frames)", f"{dec['median_fps']:.1f} frames/s", f"{dec['frames']} frames", ""),
@@ -545,9 +556,9 @@ def print_table(r: dict) -> None:
         rows.append((f"pipeline [{label}] total", f"{p['median_fps_total']:.1f} frames/s",
                      f"{p['median_total_s']:.2f} s", ""))
         rows.append((f"  [{label}] pipeline / naive", f"{ratio['pipeline_vs_naive']:.2f}x", f">= {TARGET_VS_NAIVE:g}x",
-                     verdict(ratio["pipeline_vs_naive_pass"])))
+                     target_verdict(label, ratio["pipeline_vs_naive_pass"])))
         rows.append((f"  [{label}] pipeline / decode-only", f"{ratio['pipeline_vs_decode']:.3f}",
-                     f">= {TARGET_VS_DECODE:g}", verdict(ratio["pipeline_vs_decode_pass"])))
+                     f">= {TARGET_VS_DECODE:g}", target_verdict(label, ratio["pipeline_vs_decode_pass"])))
     rss = r.get("rss", {})
     if "skipped" in rss:
         rows.append(("peak RSS", "skipped", "", rss["skipped"][:60]))

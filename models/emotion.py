@@ -25,6 +25,8 @@ come out of one forward pass and the probabilities are the single-output model's
 """
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import threading
 from pathlib import Path
@@ -178,7 +180,10 @@ def compiled_tflite(keras_path: str, keras_sha256: str, tolerance: float = 1e-4,
     if target.is_file():
         return target
     keras_model = load_keras_model(keras_path, embedding=embedding)
-    compiled = tf.lite.TFLiteConverter.from_keras_model(keras_model.model).convert()
+    # The converter exports a SavedModel first and prints its signature listing to stdout: keep that
+    # out of the command's output (the run summary is what a user or a scheduler reads).
+    with contextlib.redirect_stdout(io.StringIO()):
+        compiled = tf.lite.TFLiteConverter.from_keras_model(keras_model.model).convert()
     target.parent.mkdir(parents=True, exist_ok=True)
     partial = target.with_name(f"{target.name}.{os.getpid()}.{threading.get_ident()}.partial")
     partial.write_bytes(compiled)

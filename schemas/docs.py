@@ -33,7 +33,7 @@ def reference() -> str:
              "", "#### frames", "", _table(frame_schema(FER2013_LABELS)),
              "", "#### frames: optional feature groups", "",
              "Each group's columns follow the core columns when it is on: `features.landmarks`, "
-             "`features.geometry`, `features.embedding`, `features.resnet50` and `features.smoothing` in a video run; "
+             "`features.geometry`, `features.embedding`, `features.resnet50`, `features.geometry_baseline` and `features.smoothing` in a video run; "
              "`openface` / `pyfeat` in an `affectflow ingest` output.", "",
              _table(pa.schema([c.field() for c in feature_columns(FEATURE_GROUPS, FER2013_LABELS)])),
              "", "#### videos", "", _table(video_schema(FER2013_LABELS, broad)),

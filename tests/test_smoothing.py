@@ -79,7 +79,7 @@ def test_pipeline_smooths_across_chunk_and_segment_files(tmp_path, single_face, 
                                    ["progress=false", f"features.smoothing.method={method}",
                                     "decode.chunk_frames=16", "decode.segment_seconds=1"]))
     assert manifest["frame_feature_groups"] == ["smoothing"] and manifest["validation"]["valid"] is True
-    assert len(list((out / "frames").glob("video_id=s-*/*.parquet"))) == 5     # the series crosses files
+    assert len(list((out / "frames").glob("video_id=s-*/*.parquet"))) == 6     # 3 segments x 2 chunks: the series crosses files
     frames = read_table(str(out), "frames").to_pandas()
     smooth = [smooth_column(l) for l in LABELS]
     faces = frames[frames.face_found]

@@ -132,11 +132,11 @@ def test_probe_videos_reads_container_and_dead_letters_bad_files(single_face, tm
 
 
 def test_probe_videos_plans_segments(wolfgang):
-    # 472 frames at 23.976 fps; 5 s segments are round(119.88) = 120 frames -> 4 units.
+    # 472 frames at 23.976 fps; 5 s segments are at most round(119.88) = 120 frames -> 4 equal units of 118.
     with TestPipeline() as p:
         probed = p | beam.Create([VideoInput("wolf", str(wolfgang))]) | ProbeVideos(segment_seconds=5.0)
         assert_that(probed | beam.Map(lambda i: (i.frame_count_header, i.segment_frames, i.segments)),
-                    equal_to([(472, 120, 4)]))
+                    equal_to([(472, 118, 4)]))
 
 
 def test_split_into_work_units_last_unit_runs_to_end():
@@ -634,3 +634,14 @@ def test_truncated_file_is_decoded_as_far_as_it_goes_and_failed(wolfgang, tmp_pa
     frames = pq.read_table(Path(root) / "frames")
     assert sorted(frames.column("frame_index").to_pylist()) == list(range(decodable))
     assert all(frames.column("face_found").to_pylist())
+
+
+@pytest.mark.parametrize("fps, frames, seconds, expected", [
+    (30.0, 480, 10.0, (240, 2)),        # 16 s: two equal 8 s segments, not 10 s + 6 s
+    (30.0, 600, 10.0, (300, 2)),        # exactly two full segments
+    (30.0, 601, 10.0, (201, 3)),        # one frame over: three segments of at most 10 s
+    (25.0, 100, None, (100, 1)),        # segmenting off
+    (25.0, 0, 10.0, (1, 1)),            # unknown frame count: one segment to the end of the file
+])
+def test_segment_bounds_are_equal_and_at_most_segment_seconds(fps, frames, seconds, expected):
+    assert segment_bounds(fps, frames, seconds) == expected

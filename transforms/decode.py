@@ -162,10 +162,12 @@ def iter_frames(local_path: str, start_frame: int = 0, end_frame: Optional[int] 
 def segment_bounds(fps: float, frame_count_header: int, segment_seconds: Optional[float]) -> tuple[int, int]:
     """(frames per segment, number of segments) for a video.
 
-    Segments are frame ranges of ``round(segment_seconds * fps)`` frames; the last one
-    runs to the end of the file, so a header that undercounts frames loses nothing.
+    Segments are equal frame ranges of at most ``round(segment_seconds * fps)`` frames (a
+    16 s video with 10 s segments gets two of 8 s, not 10 s + 6 s: workers finish together);
+    the last one runs to the end of the file, so a header that undercounts frames loses nothing.
     """
     if not segment_seconds or frame_count_header <= 0:
         return max(frame_count_header, 1), 1
-    per_segment = max(int(round(segment_seconds * fps)), 1)
-    return per_segment, max(math.ceil(frame_count_header / per_segment), 1)
+    longest = max(int(round(segment_seconds * fps)), 1)
+    segments = max(math.ceil(frame_count_header / longest), 1)
+    return math.ceil(frame_count_header / segments), segments
