@@ -33,7 +33,7 @@ import numpy as np
 from apache_beam.ml.inference.base import ModelHandler
 
 from models.registry import ResolvedModel, resolve
-from transforms.elements import ScoredChunk
+from transforms.elements import DeadLetter, ScoredChunk, chunk_failure
 
 RESNET50_SIZE = 224
 RESNET50_DIM = 2048
@@ -149,11 +149,16 @@ class ResNet50ModelHandler(ModelHandler[ScoredChunk, ScoredChunk, Any]):
         return load_resnet50(self.resolve().paths["weights"])
 
     def run_inference(self, batch: ScoredChunk, model: ResNet50Features,
-                      inference_args: Optional[dict[str, Any]] = None) -> Iterable[ScoredChunk]:
+                      inference_args: Optional[dict[str, Any]] = None) -> Iterable[ScoredChunk | DeadLetter]:
+        """One chunk -> the chunk with its features, or a DeadLetter (stage ``features``) when the
+        model fails on it."""
         rgb = batch.chunk.face_rgb
         if rgb is None:
             raise ValueError("chunk has no 224x224 RGB face crops: ExtractFaces must run with resnet50=True")
-        features = resnet50_features(model, rgb, self._max_batch)
+        try:
+            features = resnet50_features(model, rgb, self._max_batch)
+        except Exception as exc:  # noqa: BLE001 - recorded as data
+            return [chunk_failure(batch.chunk, "features", exc)]
         return [dataclasses.replace(batch, resnet50=features, chunk=dataclasses.replace(batch.chunk, face_rgb=None))]
 
     def should_skip_batching(self) -> bool:

@@ -39,7 +39,7 @@ from apache_beam.ml.inference.base import ModelHandler
 
 from models.registry import ResolvedModel, get_spec, resolve
 from models.store import cache_home
-from transforms.elements import FaceChunk, ScoredChunk
+from transforms.elements import DeadLetter, FaceChunk, ScoredChunk, chunk_failure
 
 CROP_SIZE = 64
 RUNTIMES = ("tflite", "keras")
@@ -242,9 +242,14 @@ class EmotionModelHandler(ModelHandler[FaceChunk, ScoredChunk, Any]):
         return model
 
     def run_inference(self, batch: FaceChunk, model, inference_args: Optional[dict[str, Any]] = None
-                      ) -> Iterable[ScoredChunk]:
-        probs, embedding = score_crops(model, batch.crops, self._max_batch)
-        return [ScoredChunk(batch, probs, self._labels, embedding=embedding)]
+                      ) -> Iterable[ScoredChunk | DeadLetter]:
+        """One chunk -> its ScoredChunk, or a DeadLetter (stage ``emotion``) when the model fails on
+        it: one bad chunk fails its video, not the run."""
+        try:
+            probs, embedding = score_crops(model, batch.crops, self._max_batch)
+            return [ScoredChunk(batch, probs, self._labels, embedding=embedding)]
+        except Exception as exc:  # noqa: BLE001 - recorded as data
+            return [chunk_failure(batch, "emotion", exc)]
 
     def should_skip_batching(self) -> bool:
         return True

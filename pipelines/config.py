@@ -253,6 +253,7 @@ def load_config(paths: Optional[str | os.PathLike | Sequence[str | os.PathLike]]
             _set_dotted(tree, "job." + key, value)
     job = _build(JobConfig, tree["job"], "")
     _check_features(job.features)
+    check_validation(job.validation)
     return RunConfig(tree["pipeline_options"], job)
 
 
@@ -279,3 +280,16 @@ def _check_features(f: FeaturesConfig) -> None:
         raise ConfigError(f"features.smoothing.window must be an odd number >= 1, got {s.window}")
     if not 0.0 < s.alpha <= 1.0:
         raise ConfigError(f"features.smoothing.alpha must be in (0, 1], got {s.alpha}")
+
+
+def check_validation(v: ValidationConfig) -> None:
+    """Ranges of the validation settings: checked when the config loads, so a bad one stops a
+    run before any video is decoded (pipelines.validate checks again for direct callers)."""
+    for key in ("min_face_coverage_warn", "min_face_coverage_fail", "max_failed_share_warn", "max_failed_share_fail"):
+        value = getattr(v, key)
+        if value is not None and not 0.0 <= value <= 1.0:
+            raise ConfigError(f"validation.{key} must be in [0, 1] (or null to turn the check off), got {value}")
+    if not v.probability_tolerance > 0:
+        raise ConfigError(f"validation.probability_tolerance must be > 0, got {v.probability_tolerance}")
+    if v.box_tolerance_px < 0:
+        raise ConfigError(f"validation.box_tolerance_px must be >= 0, got {v.box_tolerance_px}")

@@ -4,6 +4,9 @@
       [-> ExtractDeepFeatures, features.resnet50] -> WriteFrames
       -> AggregateVideos (rows + dead letters written per video; per-video series columns)
 
+A model's failure on a chunk is a dead letter (stage emotion / features) that fails its video;
+the rest of the run goes on.
+
 At the end `execute` validates the output (pipelines.validate) when validation.enabled.
 
 `build(p, ...)` only wires the graph and returns its outputs; `execute(config)` discovers
@@ -26,6 +29,7 @@ import os
 import time
 import uuid
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Iterator, Mapping, Optional, Sequence
 
 import apache_beam as beam
@@ -36,7 +40,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from models.registry import ResolvedModel, get_spec, resolve
 from schemas.tables import feature_set_columns
 from pipelines.config import RunConfig
-from pipelines.outputs import (clear_stale_staging, commit_staging, previous_fingerprints, read_table,
+from pipelines.outputs import (check_same_frame_schema, clear_stale_staging, commit_staging, previous_fingerprints, read_table,
                                run_manifest, summarise_videos, write_manifest)
 from pipelines.progress import ProgressReporter
 from transforms.aggregate import AggregationSettings
@@ -96,15 +100,18 @@ def build(p: beam.Pipeline, config: RunConfig, plan: RunPlan) -> PipelineOutputs
     scored = chunks | "ScoreEmotions" >> ScoreEmotions(job.emotion.model, paths.get(job.emotion.model),
                                                        job.emotion.max_batch, job.emotion.runtime,
                                                        job.features.embedding)
+    scored, model_failures = split_errors(scored, "Emotion")          # chunks the model failed on
     if job.features.resnet50:           # an extra stage only when asked: the default graph is unchanged
-        scored = scored | "ExtractDeepFeatures" >> ExtractDeepFeatures(paths.get("resnet50"))
+        deep = scored | "ExtractDeepFeatures" >> ExtractDeepFeatures(paths.get("resnet50"))
+        scored, deep_failures = split_errors(deep, "Deep")
+        model_failures = (model_failures, deep_failures) | "ModelFailures" >> beam.Flatten()
     written = (scored
                | "WriteFrames" >> WriteFrames(plan.staging_root, {v.video_id: v.path for v in plan.inputs},
                                               plan.file_metadata, job.features.groups))
     # Everything known per video (probe results, chunk summaries, dead letters of every stage) goes to
     # AggregateVideos as one PCollection. It depends on every branch and is applied last: the
     # DaskRunner computes only the graph behind the last transform applied.
-    results = (probed, extract_failures, written) | "AllVideoResults" >> beam.Flatten()
+    results = (probed, extract_failures, model_failures, written) | "AllVideoResults" >> beam.Flatten()
     outcomes = ({"inputs": videos, "results": results}
                 | "AggregateVideos" >> AggregateVideos(
                     plan.staging_root, aggregation_settings(config), plan.run_id, plan.extra_fields,
@@ -131,12 +138,24 @@ _NOT_FINGERPRINTED = {("input",), ("output",), ("progress",), ("validation",), (
                       ("features", "feature_set")}
 
 
+def _drop_unused_feature_settings(features: dict) -> None:
+    """Remove the settings of features.* steps that are off (a smoothing window while smoothing
+    is off changes no row, so it must not make a rerun decode everything again)."""
+    smoothing = features.get("smoothing", {})
+    method = smoothing.get("method", "none")
+    used = {"none": (), "window": ("window",), "ema": ("alpha",)}.get(method, tuple(smoothing))
+    features["smoothing"] = {"method": method, **{k: smoothing[k] for k in used if k in smoothing}}
+    if not features.get("geometry_baseline"):
+        features.pop("baseline_min_frames", None)
+
+
 def settings_fingerprint(config: RunConfig, models: Sequence[ResolvedModel]) -> str:
     """SHA-256 over the models' file checksums and every job setting that shapes the output rows."""
     job = config.as_dict()["job"]
     shaped = {section: ({k: v for k, v in value.items() if (section, k) not in _NOT_FINGERPRINTED}
                         if isinstance(value, dict) else value)
               for section, value in job.items() if (section,) not in _NOT_FINGERPRINTED}
+    _drop_unused_feature_settings(shaped["features"])
     payload = {"settings": shaped, "models": [(m.spec.name, dict(m.sha256)) for m in models]}
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
 
@@ -190,6 +209,7 @@ def execute(config: RunConfig, argv_for_manifest: Optional[list[str]] = None, fo
     models = resolve_models(config)
     settings = aggregation_settings(config)
     video_ids = [v.video_id for v in inputs]
+    check_same_frame_schema(output, video_ids, frame_feature_groups(config), settings.labels)
     clear_stale_staging(output)
     plan = RunPlan(
         run_id=run_id, staging_root=FileSystems.join(output, "_staging", run_id), inputs=inputs,
@@ -241,13 +261,24 @@ def validate_after_run(output: str, config: RunConfig) -> dict:
     """Validate what the run left (pipelines.validate); the verdict also goes into the manifests.
 
     Validation reads the Parquet with DuckDB, which needs a local folder: for a remote output
-    the entry says so and `affectflow validate` can be run where the output is mounted.
+    the entry says so and `affectflow validate` can be run where the output is mounted. A
+    validation that cannot complete leaves the output committed and marks it not valid (exit 4),
+    never a usage error.
     """
     if "://" in output and not output.startswith("file://"):
         _LOG.warning("validation skipped: %s is not a local folder; run affectflow validate on a local copy", output)
         return {"valid": None, "skipped": f"{output} is not a local folder"}
-    from pipelines.validate import validate_output
-    report = validate_output(output.removeprefix("file://"), config.job.validation)
+    from pipelines.validate import mark_manifests, validate_output
+    local = output.removeprefix("file://")
+    try:
+        report = validate_output(local, config.job.validation)
+    except Exception as exc:  # noqa: BLE001 - the data is committed; an unvalidated output is not valid
+        _LOG.exception("validation of %s could not complete", output)
+        message = f"validation of {output} could not complete: {type(exc).__name__}: {exc}"
+        entry = {"valid": False, "error": message}
+        with contextlib.suppress(Exception):        # the run's own verdict, as a finished validation records it
+            mark_manifests(Path(local), json.loads((Path(local) / "run_manifest.json").read_text())["run_id"], entry)
+        return {**entry, "summary": message}
     return {**report.manifest_entry(), "summary": report.summary()}
 
 

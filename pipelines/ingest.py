@@ -102,6 +102,9 @@ EMFACS_PROTOTYPES: Mapping[str, tuple[str, ...]] = {
     "sad": ("01", "04", "15"),
     "surprise": ("01", "02", "05", "26"),
 }
+# The AU a prototype cannot do without: AU15 (lip-corner depressor) alone is not disgust, nor is
+# AU6 (cheek raiser, also a squint) alone happiness. The score is capped at this AU's intensity.
+EMFACS_REQUIRED: Mapping[str, str] = {"disgust": "09", "happy": "12"}
 EMFACS_NEUTRAL_GAIN = 2.0       # neutral = max(0, 1 - gain * strongest prototype score)
 AU_INTENSITY_MAX = 5.0
 
@@ -111,10 +114,13 @@ def emfacs_probabilities(intensities: np.ndarray, labels: Sequence[str] = FER201
 
     ``intensities``: float[n, 17], OpenFace's AU01_r..AU45_r (schemas.external.OPENFACE_INTENSITY_AUS
     order), 0-5; values are clipped to [0, 5]. Per emotion: the mean intensity of its EMFACS
-    prototype AUs divided by 5, in [0, 1]. neutral = max(0, 1 - 2 x the strongest emotion score),
-    so an expression beats neutral once its prototype's mean intensity passes 5/3 (between
-    FACS "trace" and "slight"); with no AU active neutral is 1. The row is then divided by its
-    sum (always > 0), so it sums to 1. ``labels`` must be the six prototype emotions plus neutral.
+    prototype AUs divided by 5, in [0, 1], capped by its required AU's intensity / 5 where it
+    has one (EMFACS_REQUIRED: disgust needs AU9, happiness AU12). neutral = max(0, 1 - 2 x the
+    strongest emotion score), so an expression beats neutral once its score passes 1/3 (a
+    prototype mean intensity above 5/3, between FACS "trace" and "slight"); at exactly 1/3 the
+    two tie and the frame's label is neutral (`frame_rows`). With no AU active neutral is 1.
+    The row is then divided by its sum (always > 0), so it sums to 1. ``labels`` must be the six
+    prototype emotions plus neutral.
     """
     if set(labels) != set(EMFACS_PROTOTYPES) | {"neutral"}:
         raise ValueError(f"the EMFACS rule scores {sorted(EMFACS_PROTOTYPES) + ['neutral']}, not {list(labels)}")
@@ -122,6 +128,8 @@ def emfacs_probabilities(intensities: np.ndarray, labels: Sequence[str] = FER201
     position = {au: i for i, au in enumerate(OPENFACE_INTENSITY_AUS)}
     scores = {e: x[:, [position[au] for au in aus]].mean(axis=1) / AU_INTENSITY_MAX
               for e, aus in EMFACS_PROTOTYPES.items()}
+    for e, au in EMFACS_REQUIRED.items():
+        scores[e] = np.minimum(scores[e], x[:, position[au]] / AU_INTENSITY_MAX)
     strongest = np.max(np.stack(list(scores.values()), axis=1), axis=1)
     scores["neutral"] = np.maximum(0.0, 1.0 - EMFACS_NEUTRAL_GAIN * strongest)
     raw = np.stack([scores[l] for l in labels], axis=1)
@@ -243,11 +251,14 @@ class ToolRows:
     timestamp_s: np.ndarray                 # float64[n]
     tracked: np.ndarray                     # bool[n]: a face (OpenFace success, py-feat box present)
     rank_key: np.ndarray                    # float64[n]: ascending order of faces within a frame
+                                            # (ties broken by the box's x, then y)
     boxes: np.ndarray                       # float64[n, 4] x, y, w, h (NaN = unknown)
     scores: np.ndarray                      # float64[n] detector_score
     probs: np.ndarray                       # float32[n, labels]; rows without a face: anything
     face_values: dict[str, np.ndarray]      # feature column -> values (null where no face)
     frame_values: dict[str, np.ndarray]     # feature column -> values kept on faceless rows too
+    face_id: Optional[np.ndarray] = None    # float64[n]: the tool's face identity when it has one
+                                            # (OpenFace face_id); unique within a frame
 
 
 def _clip_boxes(x0, y0, x1, y1, width: int, height: int) -> np.ndarray:
@@ -292,7 +303,7 @@ def openface_rows(df: pd.DataFrame, width: int, height: int, labels: Sequence[st
                 *[f"gaze_{e}_{a}" for e in "01" for a in "xyz"], "gaze_angle_x", "gaze_angle_y"]
     face_values.update({c.lower(): (_numeric(df, c) if c in df.columns else np.full(n, np.nan)) for c in optional})
     return ToolRows(frame_index=frame.astype(np.int64) - 1, timestamp_s=_numeric(df, "timestamp"), tracked=tracked,
-                    rank_key=face_id, boxes=boxes, scores=np.clip(_numeric(df, "confidence"), 0.0, 1.0),
+                    rank_key=face_id, face_id=face_id, boxes=boxes, scores=np.clip(_numeric(df, "confidence"), 0.0, 1.0),
                     probs=emfacs_probabilities(np.nan_to_num(aus), labels), face_values=face_values,
                     frame_values={"of_confidence": _numeric(df, "confidence"), "of_success": tracked.astype(np.float64)})
 
@@ -327,18 +338,31 @@ def pyfeat_rows(df: pd.DataFrame, width: int, height: int, fps: float, labels: S
                     scores=np.clip(score, 0.0, 1.0), probs=probs, face_values=face_values, frame_values={})
 
 
+def label_index(probs: np.ndarray, labels: Sequence[str], neutral: str = "neutral") -> np.ndarray:
+    """int[n]: each row's most probable label, ``neutral`` winning a tie (a tool's score that only
+    equals neutral's is no evidence of an expression); other ties go to the earlier label."""
+    if neutral not in labels or not len(probs):
+        return probs.argmax(axis=1) if len(probs) else np.zeros(0, np.int64)
+    first = list(labels).index(neutral)
+    order = np.array([first] + [j for j in range(len(labels)) if j != first])
+    return order[probs[:, order].argmax(axis=1)]
+
+
 def frame_rows(rows: ToolRows, video_id: str, width: int, height: int, labels: Sequence[str],
                groups: Sequence[str]) -> pa.Table:
     """The frame table of one video (schemas.tables.frame_schema(labels, groups)), ordered by
     frame_index then face_index: every tracked face a row, ranked by ``rank_key`` within its
-    frame; one faceless row (the frame's first attempt) for a frame without a tracked face."""
+    frame (ties by box x, then y); one faceless row (the frame's first attempt) for a frame
+    without a tracked face. A ``face_id`` repeated within a frame raises IngestError."""
     import pandas as pd
     order = pd.DataFrame({"frame": rows.frame_index, "tracked": rows.tracked, "key": rows.rank_key,
-                          "row": np.arange(len(rows.tracked))})
-    tracked_keys = order[order.tracked]
-    if tracked_keys.duplicated(["frame", "key"]).any():
-        raise IngestError("a face appears twice in one frame (repeated frame and face_id)")
-    order = order.sort_values(["frame", "tracked", "key"], ascending=[True, False, True], kind="stable")
+                          "x": rows.boxes[:, 0], "y": rows.boxes[:, 1], "row": np.arange(len(rows.tracked))})
+    if rows.face_id is not None:
+        ids = pd.DataFrame({"frame": rows.frame_index, "face_id": rows.face_id})[rows.tracked]
+        if ids.duplicated().any():
+            raise IngestError("a face appears twice in one frame (repeated frame and face_id)")
+    order = order.sort_values(["frame", "tracked", "key", "x", "y"], ascending=[True, False, True, True, True],
+                              kind="stable")
     order["faces"] = order.groupby("frame")["tracked"].transform("sum")
     order["rank"] = order.groupby("frame").cumcount()
     kept = order[order.tracked | ((order.faces == 0) & (order["rank"] == 0))]
@@ -374,7 +398,7 @@ def frame_rows(rows: ToolRows, video_id: str, width: int, height: int, labels: S
     }
     for j, label in enumerate(labels):
         columns[prob_column(label)] = pa.array(probs[:, j], pa.float32(), mask=~has_face)
-    columns["emotion_label"] = pa.array(np.where(has_face, label_names[probs.argmax(axis=1)], None), pa.string())
+    columns["emotion_label"] = pa.array(np.where(has_face, label_names[label_index(probs, labels)], None), pa.string())
     columns["emotion_confidence"] = pa.array(probs.max(axis=1), pa.float32(), mask=~has_face)
     schema = frame_schema(labels, groups)
     for name, values in rows.face_values.items():
@@ -509,8 +533,8 @@ def execute_ingest(config: RunConfig, source: str, frame_size: Optional[tuple[in
     the end when ``validation.enabled``.
     """
     from apache_beam.io.filesystems import FileSystems
-    from pipelines.outputs import (clear_stale_staging, commit_staging, previous_fingerprints, run_manifest,
-                                   read_table, summarise_videos, write_manifest)
+    from pipelines.outputs import (check_same_frame_schema, clear_stale_staging, commit_staging, previous_fingerprints,
+                                   read_table, run_manifest, summarise_videos, write_manifest)
     from transforms.discover import InputError
     from transforms.write import json_metadata
     if source not in SOURCES:
@@ -527,11 +551,14 @@ def execute_ingest(config: RunConfig, source: str, frame_size: Optional[tuple[in
     models_json = json_metadata([{k: model[k] for k in ("name", "source", "sha256")}])
     common = json.dumps({"source": source, "emotion": model["name"],
                          "rule": {k: list(v) for k, v in EMFACS_PROTOTYPES.items()} if source == OPENFACE else None,
+                         "required": dict(EMFACS_REQUIRED) if source == OPENFACE else None,
+                         "ties": "neutral",
                          "neutral_gain": EMFACS_NEUTRAL_GAIN, "aggregate": config.as_dict()["job"]["aggregate"]},
                         sort_keys=True)
     staging = FileSystems.join(output, "_staging", run_id)
     file_metadata = (("affectflow.run_id", run_id), ("affectflow.models", json_metadata([model])),
                      ("affectflow.source", source))
+    check_same_frame_schema(output, [v.video_id for v in inputs], [source], settings.labels)
     previous = {} if force else previous_fingerprints(output, [v.video_id for v in inputs])
     tasks, unknown = [], []
     for video in inputs:

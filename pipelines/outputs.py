@@ -17,7 +17,7 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 from apache_beam.io.filesystems import FileSystems
 
-from schemas.tables import PARTITION_COLUMN, VIDEO_STATUSES
+from schemas.tables import INPUT_STAGES, PARTITION_COLUMN, TRANSIENT_ERRORS, VIDEO_STATUSES
 
 PACKAGES = ("apache-beam", "tensorflow", "keras", "opencv-python-headless", "pyarrow", "numpy", "pandas",
             "duckdb", "great-expectations", "affectflow")
@@ -96,14 +96,34 @@ def clear_stale_staging(output: str) -> None:
 
 
 def previous_fingerprints(output: str, video_ids: Iterable[str]) -> dict[str, tuple[str, str]]:
-    """video_id -> (content_sha256, settings_fingerprint) of the rows already in ``output``."""
+    """video_id -> (content_sha256, settings_fingerprint) of the rows already in ``output`` that
+    a rerun may skip.
+
+    A video that failed in a stage of ``INPUT_STAGES`` (its bytes could not be probed, decoded
+    or parsed) is left as it is: the same bytes fail the same way. A failure in any other stage
+    (detection, inference, features, writing), or of a ``TRANSIENT_ERRORS`` type in any stage,
+    may be passing (memory, disk, a worker lost), so such a video is not listed and the next
+    run processes it again.
+    """
     if not FileSystems.exists(FileSystems.join(output, "videos")):
         return {}
+    video_ids = list(video_ids)
     table = read_table(output, "videos", video_ids)
     if "settings_fingerprint" not in table.column_names:       # written before provenance existed
         return {}
+    retry = _retryable_failures(output, video_ids)
     ids, shas, fps = (table.column(c).to_pylist() for c in (PARTITION_COLUMN, "content_sha256", "settings_fingerprint"))
-    return {v: (sha, fp) for v, sha, fp in zip(ids, shas, fps) if sha and fp}
+    return {v: (sha, fp) for v, sha, fp in zip(ids, shas, fps) if sha and fp and v not in retry}
+
+
+def _retryable_failures(output: str, video_ids: list[str]) -> set[str]:
+    """Ids of videos with a dead letter outside ``INPUT_STAGES`` or of a transient error type."""
+    if not FileSystems.exists(FileSystems.join(output, "dead_letters")):
+        return set()
+    letters = read_table(output, "dead_letters", video_ids, [PARTITION_COLUMN, "stage", "error_type"])
+    ids, stages, errors = (letters.column(c).to_pylist() for c in (PARTITION_COLUMN, "stage", "error_type"))
+    return {v for v, stage, error in zip(ids, stages, errors)
+            if stage not in INPUT_STAGES or error in TRANSIENT_ERRORS}
 
 
 def run_manifest(*, run_id: str, started: float, work_started: float, work_done: float, config, output: str,
@@ -139,6 +159,45 @@ def run_manifest(*, run_id: str, started: float, work_started: float, work_done:
         "throughput_frames_per_s": round(counts["frames_decoded"] / max(work_done - work_started, 1e-9), 1),
         "tables": {t: FileSystems.join(output, t) for t in tables},
     }
+
+
+def manifest_feature_groups(manifest: dict) -> tuple[str, ...]:
+    """The frame table's optional column groups: ``frame_feature_groups`` of the manifest; older
+    manifests only have the config's boolean switches (landmarks, geometry)."""
+    if "frame_feature_groups" in manifest:
+        return tuple(manifest["frame_feature_groups"])
+    features = ((manifest.get("config") or {}).get("job") or {}).get("features") or {}
+    return tuple(g for g in ("landmarks", "geometry") if features.get(g) is True)
+
+
+def check_same_frame_schema(output: str, video_ids: Iterable[str], feature_groups: Sequence[str],
+                            labels: Sequence[str]) -> None:
+    """Refuse a run that would leave ``output``'s frame table with two schemas.
+
+    The frame schema follows the feature groups and the emotion labels (schemas.tables); the
+    latest ``run_manifest.json`` records those of every frame partition in the folder (this check
+    keeps it so). A run with other groups or labels must rewrite every video already there,
+    so it may go ahead only when all of them are among its matched inputs (a changed setting
+    changes the fingerprint: each is processed again). Raises ConfigError naming the videos.
+    """
+    from pipelines.config import ConfigError
+    latest = FileSystems.join(output, "run_manifest.json")
+    if not FileSystems.exists(latest):
+        return
+    with FileSystems.open(latest) as fh:
+        before = json.loads(fh.read())
+    old_groups, old_labels = manifest_feature_groups(before), before.get("labels", list(labels))
+    if list(old_groups) == list(feature_groups) and list(old_labels) == list(labels):
+        return
+    pattern = FileSystems.join(output, "frames", f"{PARTITION_COLUMN}=*", "part-*.parquet")
+    existing = {m.path.rsplit("/", 2)[-2].split("=", 1)[1] for m in FileSystems.match([pattern])[0].metadata_list}
+    left_out = sorted(existing - set(video_ids))
+    if left_out:
+        raise ConfigError(
+            f"{output} holds frames of {len(existing)} videos written with frame feature groups {list(old_groups)} and labels "
+            f"{list(old_labels)}; this run writes {list(feature_groups)} / {list(labels)} but does not match "
+            f"{len(left_out)} of them (e.g. {left_out[0]}), so the frame table would mix two schemas. "
+            "Write to a new output folder, or include every video already in it.")
 
 
 def write_manifest(output: str, manifest: dict) -> None:

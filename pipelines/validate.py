@@ -56,7 +56,8 @@ from typing import Any, Optional, Sequence
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipelines.config import ValidationConfig
+from pipelines.config import ValidationConfig, check_validation
+from pipelines.outputs import manifest_feature_groups
 from schemas.tables import PARTITION_COLUMN
 
 EXIT_VALID, EXIT_INVALID = 0, 4
@@ -170,13 +171,13 @@ def validate_output(output_dir: str | os.PathLike, settings: Optional[Validation
     """
     started = time.time()
     settings = settings or ValidationConfig()
-    _check_settings(settings)
+    check_validation(settings)
     output = Path(output_dir).resolve()
     manifest = _read_manifest(output)
     from schemas.expectations import RunFacts, suites
     facts = RunFacts(run_id=str(manifest["run_id"]), labels=tuple(manifest["labels"]),
                      broad_labels=tuple(manifest["broad_labels"]), counts=dict(manifest["counts"]),
-                     feature_groups=_feature_groups(manifest))
+                     feature_groups=manifest_feature_groups(manifest))
     planned = suites(facts, settings)
     validation_dir = output / VALIDATION_DIR
     docs_dir = validation_dir / DATA_DOCS_DIR
@@ -208,7 +209,7 @@ def validate_output(output_dir: str | os.PathLike, settings: Optional[Validation
         "failed": [f.as_dict() for f in report.failed], "warnings": [f.as_dict() for f in report.warnings],
         "data_docs": os.path.relpath(report.data_docs_path, output),
         "suites": {name: r.to_json_dict() for name, r in results.items()}})
-    _mark_manifests(output, facts.run_id, report.manifest_entry())
+    mark_manifests(output, facts.run_id, report.manifest_entry())
     return report
 
 
@@ -223,17 +224,6 @@ def run(args) -> int:
 
 # --- inputs --------------------------------------------------------------------------------
 
-def _check_settings(s: ValidationConfig) -> None:
-    for key in ("min_face_coverage_warn", "min_face_coverage_fail", "max_failed_share_warn", "max_failed_share_fail"):
-        value = getattr(s, key)
-        if value is not None and not 0.0 <= value <= 1.0:
-            raise ValueError(f"validation.{key} must be in [0, 1] (or null to turn the check off), got {value}")
-    if not s.probability_tolerance > 0:
-        raise ValueError(f"validation.probability_tolerance must be > 0, got {s.probability_tolerance}")
-    if s.box_tolerance_px < 0:
-        raise ValueError(f"validation.box_tolerance_px must be >= 0, got {s.box_tolerance_px}")
-
-
 def _read_manifest(output: Path) -> dict:
     path = output / "run_manifest.json"
     if not path.is_file():
@@ -245,15 +235,6 @@ def _read_manifest(output: Path) -> dict:
     if absent:
         raise ValueError(f"{path} lacks {', '.join(absent)}; was it written by affectflow run?")
     return manifest
-
-
-def _feature_groups(manifest: dict) -> tuple[str, ...]:
-    """The frame table's optional column groups: ``frame_feature_groups`` of the manifest; older
-    manifests only have the config's boolean switches (landmarks, geometry)."""
-    if "frame_feature_groups" in manifest:
-        return tuple(manifest["frame_feature_groups"])
-    features = ((manifest.get("config") or {}).get("job") or {}).get("features") or {}
-    return tuple(g for g in ("landmarks", "geometry") if features.get(g) is True)
 
 
 def table_files(output: Path, table: str) -> list[str]:
@@ -484,7 +465,9 @@ def _write_json(path: Path, data: dict) -> None:
     os.replace(tmp, path)
 
 
-def _mark_manifests(output: Path, run_id: str, entry: dict) -> None:
+def mark_manifests(output: Path, run_id: str, entry: dict) -> None:
+    """Put ``entry`` as ``validation`` into the latest and the run's own run_manifest.json, when
+    they are ``run_id``'s (a later run's manifest is left alone)."""
     for path in (output / "run_manifest.json", output / "runs" / run_id / "run_manifest.json"):
         if path.is_file():
             manifest = json.loads(path.read_text())

@@ -34,7 +34,7 @@ import pyarrow as pa
 from great_expectations.expectations.row_conditions import Column as Col
 
 from schemas.external import face_rule_exemptions
-from schemas.tables import (DEAD_LETTER_STAGES, FALLBACKS, PARTITION_COLUMN, VIDEO_STATUSES, count_column, dead_letter_schema,
+from schemas.tables import (DEAD_LETTER_STAGES, EMBEDDING_COLUMN, RESNET50_COLUMN, FALLBACKS, PARTITION_COLUMN, VIDEO_STATUSES, count_column, dead_letter_schema,
                             feature_columns, file_schema, frac_column, frame_columns, frame_schema, prob_column, smooth_column,
                             video_columns, video_schema)
 
@@ -119,6 +119,28 @@ def _columns_match(table: str, schema: pa.Schema, exact: bool):
                                             meta=meta(table, "*", rule))
 
 
+def _vector_rules(table: str, groups: Sequence[str]) -> list:
+    """List-valued feature columns: every vector of a column has the column's one length
+    (landmarks 468 x 3, ResNet50 2048, the embedding whatever its model gives); ResNet50's
+    pooled ReLU features are >= 0."""
+    exps = []
+    fixed = {"landmarks": ("landmarks", 1404), "landmarks_norm": ("landmarks", 1404), RESNET50_COLUMN: ("resnet50", 2048)}
+    for column, (group, length) in fixed.items():
+        if group in groups:
+            exps.append(_rows(table, column, f"every vector has {length} values", f"""
+                SELECT video_id, frame_index, face_index, len({_ident(column)}) AS vector_length FROM {{batch}}
+                WHERE {_ident(column)} IS NOT NULL AND len({_ident(column)}) <> {length}"""))
+    if "embedding" in groups:
+        exps.append(_rows(table, EMBEDDING_COLUMN, "every vector has the same length", f"""
+            SELECT video_id, frame_index, face_index, len({_ident(EMBEDDING_COLUMN)}) AS vector_length FROM {{batch}}
+            WHERE len({_ident(EMBEDDING_COLUMN)}) <> (SELECT min(len({_ident(EMBEDDING_COLUMN)})) FROM {{batch}})"""))
+    if "resnet50" in groups:
+        exps.append(_rows(table, RESNET50_COLUMN, "pooled ReLU features are >= 0", f"""
+            SELECT video_id, frame_index, face_index, list_min({_ident(RESNET50_COLUMN)}) AS smallest FROM {{batch}}
+            WHERE list_min({_ident(RESNET50_COLUMN)}) < 0"""))
+    return exps
+
+
 # --- frames --------------------------------------------------------------------------------
 
 def frame_expectations(facts: RunFacts, settings: "ValidationConfig") -> list:
@@ -149,7 +171,14 @@ def frame_expectations(facts: RunFacts, settings: "ValidationConfig") -> list:
         smooth_sum = " + ".join(_ident(smooth_column(l)) for l in facts.labels)
         exps.append(_rows(t, "smooth_*", f"smoothed probabilities of a primary face sum to 1 (within {tol:g})", f"""
             SELECT video_id, frame_index, {smooth_sum} AS smoothed_sum FROM {{batch}}
-            WHERE face_found AND face_index = 0 AND (abs({smooth_sum} - 1) > {tol!r} OR {smooth_sum} IS NULL)"""))
+            WHERE face_found AND face_index = 0 AND (abs({smooth_sum} - 1) > {tol!r} OR {smooth_sum} IS NULL)
+              AND video_id NOT IN (SELECT video_id FROM {VIDEOS} WHERE status = 'failed')"""))
+    series = feature_columns([g for g in ("baseline", "smoothing") if g in facts.feature_groups], facts.labels)
+    exps += [gxe.ExpectColumnValuesToBeNull(column=c.name, row_condition=Col("face_index") > 0,
+                                            meta=meta(t, c.name, "null for further faces (face_index > 0): "
+                                                      "a series follows the primary face"))
+             for c in series]
+    exps += _vector_rules(t, facts.feature_groups)
     exps.append(_rows(t, "(video_id, frame_index, face_index)",
                       "unique key; a faceless frame (face_index null) counts as face 0", """
         SELECT video_id, frame_index, coalesce(face_index, 0) AS face_key, count(*) AS row_count FROM {batch}

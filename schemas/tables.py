@@ -23,6 +23,12 @@ VIDEO_STATUSES = ("ok", "no_face", "failed")
 FALLBACKS = ("neutral", "top1")
 # Where a failure can happen (dead_letters.stage).
 DEAD_LETTER_STAGES = ("probe", "decode", "detect", "landmarks", "emotion", "features", "write", "aggregate", "ingest")
+# Stages whose failures come from the input's bytes: the same bytes fail the same way, so a rerun
+# skips such a video when its content and settings are unchanged. A failure in any other stage,
+# or one of TRANSIENT_ERRORS in any stage (out of memory, a read or copy that failed), is retried
+# by the next run (pipelines.outputs.previous_fingerprints).
+INPUT_STAGES = ("probe", "decode", "ingest")
+TRANSIENT_ERRORS = ("MemoryError", "OSError", "IOError", "BeamIOError", "TimeoutError", "ConnectionError")
 
 
 @dataclass(frozen=True)

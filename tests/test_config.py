@@ -21,9 +21,9 @@ def test_default_yaml_loads():
     """The default config is local.yaml: DirectRunner and the documented job settings."""
     cfg = load_config()
     assert cfg.pipeline_options == {"runner": "DirectRunner", "direct_running_mode": "multi_threading",
-                                    "direct_num_workers": 0}
+                                    "direct_num_workers": 0, "allow_unsafe_triggers": True}
     assert cfg.beam_args() == ["--runner=DirectRunner", "--direct_running_mode=multi_threading",
-                               "--direct_num_workers=0"]
+                               "--direct_num_workers=0", "--allow_unsafe_triggers"]
     job = cfg.job
     assert job.input is None and job.output is None
     assert job.decode.segment_seconds == 10.0 and type(job.decode.segment_seconds) is float
@@ -63,9 +63,9 @@ def test_set_overrides():
     assert cfg.job.decode.sample_fps == 5.0 and type(cfg.job.decode.sample_fps) is float
     assert cfg.job.faces.detector == "ssd_res10"
     assert cfg.pipeline_options == {"runner": "DirectRunner", "direct_running_mode": "multi_threading",
-                                    "direct_num_workers": 2}
+                                    "direct_num_workers": 2, "allow_unsafe_triggers": True}
     assert cfg.beam_args() == ["--runner=DirectRunner", "--direct_running_mode=multi_threading",
-                               "--direct_num_workers=2"]
+                               "--direct_num_workers=2", "--allow_unsafe_triggers"]
     # untouched settings keep the YAML values
     assert cfg.job.decode.chunk_frames == 1024
     assert cfg.job.faces.min_score == 0.7
@@ -94,7 +94,7 @@ def test_beam_args_flag_forms():
     cfg = load_config(sets=["pipeline_options.save_main_session=true", "pipeline_options.streaming=false",
                             "pipeline_options.region=null", "pipeline_options.experiments=[a, b]"])
     assert cfg.beam_args() == ["--runner=DirectRunner", "--direct_running_mode=multi_threading",
-                               "--direct_num_workers=0", "--save_main_session", "--experiments=a",
+                               "--direct_num_workers=0", "--allow_unsafe_triggers", "--save_main_session", "--experiments=a",
                                "--experiments=b"]
 
 
@@ -245,3 +245,31 @@ def test_set_through_a_scalar():
     """emotion.model.x=1: emotion.model is a string, not a section."""
     with pytest.raises(ConfigError, match="cannot set job.emotion.model.x: model is not a section"):
         load_config(sets=["emotion.model.x=1"])
+
+
+@pytest.mark.parametrize("setting, message", [
+    ("validation.probability_tolerance=0", "probability_tolerance must be > 0"),
+    ("validation.max_failed_share_fail=1.5", "max_failed_share_fail must be in [0, 1]"),
+    ("validation.box_tolerance_px=-1", "box_tolerance_px must be >= 0"),
+])
+def test_bad_validation_settings_fail_when_the_config_loads(setting, message):
+    """Before any video is decoded: a usage error (exit 2), not a finished run marked invalid."""
+    with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        load_config(None, None, [setting])
+
+
+def test_the_default_runner_never_tries_prism(tmp_path, monkeypatch):
+    """Beam 2.77's DirectRunner would download the Prism runner binary from GitHub and run the
+    job on it; the default config keeps it on the FnApiRunner (runner_configs/local.yaml)."""
+    import apache_beam as beam
+    from apache_beam.options.pipeline_options import PipelineOptions
+    from apache_beam.runners.portability import prism_runner
+    tried = []
+    monkeypatch.setattr(prism_runner.PrismRunner, "run_pipeline", lambda *a, **k: tried.append(a))
+    with beam.Pipeline(options=PipelineOptions(load_config().beam_args())) as p:
+        _ = p | beam.Create([1, 2, 3]) | beam.Map(lambda x: x * 2)
+    assert tried == []
+    # The check is live: without the option the DirectRunner does go to Prism first.
+    with beam.Pipeline(options=PipelineOptions(["--runner=DirectRunner"])) as p:   # falls back after the try
+        _ = p | beam.Create([1, 2, 3]) | beam.Map(lambda x: x * 2)
+    assert len(tried) == 1

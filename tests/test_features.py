@@ -113,3 +113,16 @@ def test_pipeline_writes_feature_groups(tmp_path, single_face, samples_dir):
     expected = faces.sort_values(["video_id", "frame_index"])
     np.testing.assert_array_equal(keys.frame_index, expected.frame_index)
     np.testing.assert_allclose(x, expected[list(FEATURE_NAMES)].to_numpy(np.float32))
+    # The output validates; a landmark vector that lost its last point is caught.
+    assert manifest["validation"]["valid"] is True, manifest["validation"]
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from pipelines.validate import validate_output
+    path = sorted((tmp_path / "out" / "frames").glob("video_id=s-*/*.parquet"))[0]
+    table = pq.read_table(path)
+    points = table.column("landmarks").to_pylist()
+    points[0] = points[0][:-3]
+    i = table.schema.get_field_index("landmarks")
+    pq.write_table(table.set_column(i, table.schema.field(i), pa.array(points, table.schema.field(i).type)), path)
+    report = validate_output(tmp_path / "out")
+    assert [(f.column, f.rule) for f in report.failed] == [("landmarks", "every vector has 1404 values")], report.summary()

@@ -72,6 +72,34 @@ def test_changed_settings_reprocess_and_force_reprocesses(archive, tmp_path):
     assert sum(_frame_rows(out).values()) == 88
 
 
+def test_settings_of_steps_that_are_off_do_not_force_a_rerun(archive, tmp_path):
+    """A smoothing window while smoothing is off, or baseline_min_frames without the baseline,
+    changes no row: such a change reprocesses nothing; switching the step on reprocesses all."""
+    out = tmp_path / "out"
+    _run(archive, out)
+    unused = ["features.smoothing.window=9", "features.smoothing.alpha=0.9", "features.baseline_min_frames=3"]
+    assert _run(archive, out, *unused)["counts"]["processed"] == 0
+    window = _run(archive, out, "features.smoothing.method=window")
+    assert window["counts"]["processed"] == 3
+    assert _run(archive, out, "features.smoothing.method=window", "features.smoothing.alpha=0.9")["counts"]["processed"] == 0
+    assert _run(archive, out, "features.smoothing.method=window", "features.smoothing.window=3")["counts"]["processed"] == 3
+
+
+def test_a_run_that_would_mix_frame_schemas_is_refused(archive, tmp_path):
+    """Other feature groups over part of an output would leave two frame schemas in it: refused
+    with a message naming the folder; over every video already there it goes ahead."""
+    from pipelines.config import ConfigError
+    out = tmp_path / "out"
+    _run(archive, out)
+    with pytest.raises(ConfigError, match="would mix two schemas"):
+        _run(archive / "a.mp4", out, "features.smoothing.method=ema")
+    assert _run(archive, out, "features.smoothing.method=ema")["frame_feature_groups"] == ["smoothing"]
+    assert _run(archive / "a.mp4", out, "features.smoothing.method=ema")["counts"]["processed"] == 0
+    # broken.mp4 has no frame rows: leaving it out cannot mix schemas.
+    (archive / "broken.mp4").unlink()
+    assert _run(archive, out)["frame_feature_groups"] == []
+
+
 def test_crash_during_commit_then_rerun_completes_without_duplicates(archive, tmp_path, monkeypatch):
     out = tmp_path / "out"
     real = outputs._replace_partition

@@ -19,7 +19,8 @@ import pytest
 from models.registry import FER2013_LABELS, REGISTRY
 from pipelines.cli import main
 from pipelines.config import load_config
-from pipelines.ingest import EMFACS_MODEL, emfacs_probabilities, execute_ingest
+from pipelines.ingest import (EMFACS_MODEL, emfacs_probabilities, execute_ingest, frame_rows, label_index,
+                              pyfeat_rows)
 from pipelines.outputs import read_table
 from pipelines.reaggregate import reaggregate
 from pipelines.validate import validate_output
@@ -127,12 +128,40 @@ def test_emfacs_rule_happy_neutral_and_mixed():
     assert weak[labels.index("happy")] == pytest.approx(2 / 3) and weak[labels.index("neutral")] == pytest.approx(1 / 3)
     sad = emfacs_probabilities(_intensities(SAD))[0]
     assert labels[int(sad.argmax())] == "sad"
-    # sad 0.6, angry 3/4/5 = 0.15, fear 6/7/5, disgust 0.3, surprise 0.15, happy 0, neutral 0
-    raw = np.array([0.15, 0.3, 6 / 35, 0.0, 0.6, 0.15, 0.0])
+    # sad 0.6, angry 3/4/5 = 0.15, fear 6/7/5, disgust 0 (mean 0.3, capped by AU9 = 0), surprise 0.15,
+    # happy 0, neutral 0
+    raw = np.array([0.15, 0.0, 6 / 35, 0.0, 0.6, 0.15, 0.0])
     np.testing.assert_allclose(sad, raw / raw.sum(), rtol=1e-6)
     rows = emfacs_probabilities(np.random.default_rng(0).uniform(-1, 7, (50, 17)))
     np.testing.assert_allclose(rows.sum(axis=1), 1.0, rtol=1e-6)
     assert (rows >= 0).all()
+
+
+def test_emfacs_rule_needs_au9_for_disgust_au12_for_happy_and_ties_go_to_neutral():
+    labels = list(FER2013_LABELS)
+    # AU15 alone at 5: disgust capped by AU9 = 0; sad (0 + 0 + 5) / 3 / 5 = 1/3 = neutral 1 - 2/3: a tie.
+    lip_corners = emfacs_probabilities(_intensities({"15": 5.0}))
+    assert lip_corners[0, labels.index("disgust")] == 0.0
+    assert lip_corners[0, labels.index("sad")] == pytest.approx(lip_corners[0, labels.index("neutral")])
+    assert labels[label_index(lip_corners, labels)[0]] == "neutral"
+    # AU6 alone (a squint) is not happiness; AU9 + AU15 is disgust.
+    squint = emfacs_probabilities(_intensities({"06": 5.0}))[0]
+    assert squint[labels.index("happy")] == 0.0 and labels[int(squint.argmax())] == "neutral"
+    disgust = emfacs_probabilities(_intensities({"09": 4.0, "15": 4.0}))[0]
+    assert labels[int(disgust.argmax())] == "disgust"
+    # Without a tie the larger score wins whatever the label order.
+    probs = np.array([[0.1, 0.0, 0.0, 0.0, 0.0, 0.0, 0.1], [0.3, 0.0, 0.0, 0.0, 0.0, 0.0, 0.2]])
+    assert [labels[i] for i in label_index(probs, labels)] == ["neutral", "angry"]
+
+
+def test_pyfeat_faces_of_equal_area_rank_left_to_right():
+    rows = [pyfeat_row(0, (300, 100, 50, 50, 0.9), {"happiness": 1.0}),
+            pyfeat_row(0, (20, 100, 50, 50, 0.9), {"anger": 1.0}),
+            pyfeat_row(0, (20, 10, 50, 50, 0.9), {"sadness": 1.0})]
+    mapped = pyfeat_rows(pd.DataFrame(rows, columns=PYFEAT_COLUMNS), 640, 480, 25.0, FER2013_LABELS)
+    table = frame_rows(mapped, "v", 640, 480, FER2013_LABELS, ["pyfeat"]).to_pylist()
+    assert [(r["face_index"], r["box_x"], r["box_y"], r["emotion_label"]) for r in table] == [
+        (0, 20.0, 10.0, "sad"), (1, 20.0, 100.0, "angry"), (2, 300.0, 100.0, "happy")]
 
 
 def test_emfacs_rule_is_registered_as_a_rule_without_files(capsys):

@@ -98,6 +98,15 @@ def test_pipeline_smooths_across_chunk_and_segment_files(tmp_path, single_face, 
         pq.write_table(table.set_column(i, table.schema.field(i), pa.array(column, pa.float32())), path)
         report = validate_output(out)
         assert not report.valid and [f.column for f in report.failed] == ["smooth_*"], report.summary()
+        # A further face (face_index 1) with a smoothed value: series follow the primary face only.
+        table = pq.read_table(path)
+        extra = table.slice(1, 1)
+        extra = extra.set_column(extra.schema.get_field_index("face_index"), extra.schema.field("face_index"),
+                                 pa.array([1], extra.schema.field("face_index").type))
+        pq.write_table(pa.concat_tables([table, extra]), path)
+        report = validate_output(out)
+        further = {f.column for f in report.failed if "further faces" in f.rule}
+        assert further == {smooth_column(l) for l in LABELS}, report.summary()
 
 
 def test_run_validates_its_output_and_a_critical_failure_exits_4(tmp_path, single_face, capsys):
@@ -160,3 +169,75 @@ def test_pipeline_writes_geometry_relative_to_each_videos_neutral_frames(tmp_pat
             assert rows[rel].isna().all().all()
     assert with_baseline == 1
     assert frames.loc[~frames.face_found, rel].isna().all().all()
+
+
+def test_a_failed_series_write_removes_the_videos_frames_and_is_retried(tmp_path, single_face, monkeypatch):
+    """A write failing on the 2nd of a video's 5 frame files: no file of it is committed (neither
+    old-schema originals nor temporary files), its row says failed with no frames, the output is
+    VALID; the next run processes it again."""
+    import transforms.series as series
+    from tests import media
+    (tmp_path / "in").mkdir()
+    shutil.copy(single_face, tmp_path / "in" / "s.mp4")
+    media.face_appears_disappears_video(tmp_path / "in" / "appears.mp4", single_face, 3, 6, 3)
+    real_write = series.write_parquet
+    calls = []
+
+    def failing_write(table, path, metadata=None):
+        if "video_id=s-" in path:
+            calls.append(path)
+            if len(calls) == 2:
+                raise OSError("disk full")
+        real_write(table, path, metadata)
+
+    monkeypatch.setattr(series, "write_parquet", failing_write)
+    sets = ["progress=false", "features.smoothing.method=ema", "decode.chunk_frames=16",
+            "validation.max_failed_share_fail=null"]
+    config = load_config(None, {"input": str(tmp_path / "in"), "output": str(tmp_path / "out")}, sets)
+    first = execute(config)
+    assert (first["counts"]["ok"], first["counts"]["failed"]) == (1, 1) and len(calls) == 2
+    assert first["validation"]["valid"] is True, first["validation"]
+    assert not list((tmp_path / "out" / "frames").glob("video_id=s-*/*"))
+    videos = {r["video_id"][:2]: r for r in read_table(str(tmp_path / "out"), "videos").to_pylist()}
+    assert (videos["s-"]["status"], videos["s-"]["frames_sampled"]) == ("failed", 0)
+    assert "features: OSError: disk full" in videos["s-"]["error"]
+    monkeypatch.setattr(series, "write_parquet", real_write)
+    second = execute(config)
+    assert (second["counts"]["processed"], second["counts"]["ok"]) == (1, 2)
+    files = list((tmp_path / "out" / "frames").glob("video_id=s-*/*"))
+    assert len(files) == 5 and all(smooth_column("happy") in pq.read_schema(f).names for f in files)
+
+
+def test_a_series_failure_fails_its_video_keeps_one_schema_and_is_retried(tmp_path, single_face, monkeypatch):
+    """Computing the series fails for one video: that video is failed (stage features) with null
+    series columns, the other is ok, the output keeps one frame schema (VALID); the next run
+    retries the failed video (a features failure may pass) and skips the other."""
+    import transforms.series as series
+    from tests import media
+    (tmp_path / "in").mkdir()
+    shutil.copy(single_face, tmp_path / "in" / "s.mp4")
+    media.face_appears_disappears_video(tmp_path / "in" / "appears.mp4", single_face, 3, 6, 3)
+    real = series._series_values
+
+    def failing_for_s(files, labels, settings):
+        if "video_id=s-" in files[0]:
+            raise MemoryError("series of s")
+        return real(files, labels, settings)
+
+    monkeypatch.setattr(series, "_series_values", failing_for_s)
+    sets = ["progress=false", "features.smoothing.method=window", "validation.max_failed_share_fail=null"]
+    first = execute(load_config(None, {"input": str(tmp_path / "in"), "output": str(tmp_path / "out")}, sets))
+    assert (first["counts"]["ok"], first["counts"]["failed"]) == (1, 1)
+    assert first["validation"]["valid"] is True, first["validation"]
+    letters = read_table(str(tmp_path / "out"), "dead_letters").to_pylist()
+    assert [(d["stage"], d["error_type"], d["source_path"]) for d in letters] == [
+        ("features", "MemoryError", str(tmp_path / "in" / "s.mp4"))]
+    frames = read_table(str(tmp_path / "out"), "frames").to_pandas()
+    failed = frames.video_id.str.startswith("s-")
+    assert frames.loc[failed, smooth_column("happy")].isna().all()
+    assert frames.loc[~failed & frames.face_found, smooth_column("happy")].notna().all()
+    monkeypatch.setattr(series, "_series_values", real)
+    second = execute(load_config(None, {"input": str(tmp_path / "in"), "output": str(tmp_path / "out")}, sets))
+    c = second["counts"]
+    assert (c["processed"], c["skipped"], c["ok"], c["failed"]) == (1, 1, 2, 0)
+    assert second["validation"]["valid"] is True

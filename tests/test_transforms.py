@@ -14,7 +14,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 from apache_beam.metrics.metric import MetricsFilter
-from apache_beam.testing.test_pipeline import TestPipeline
+from tests.beam_options import local_pipeline
 from apache_beam.testing.util import BeamAssertException, assert_that, equal_to
 
 from models.emotion import CROP_SIZE
@@ -117,7 +117,7 @@ def test_probe_videos_reads_container_and_dead_letters_bad_files(single_face, tm
             problems.append(f"noise source_path {by_id['noise'].source_path}")
         return problems
 
-    p = TestPipeline()
+    p = local_pipeline()
     probed = (p
               | beam.Create([good, VideoInput("empty", str(empty)), VideoInput("noise", str(noise))])
               | ProbeVideos(segment_seconds=None))
@@ -133,7 +133,7 @@ def test_probe_videos_reads_container_and_dead_letters_bad_files(single_face, tm
 
 def test_probe_videos_plans_segments(wolfgang):
     # 472 frames at 23.976 fps; 5 s segments are at most round(119.88) = 120 frames -> 4 equal units of 118.
-    with TestPipeline() as p:
+    with local_pipeline() as p:
         probed = p | beam.Create([VideoInput("wolf", str(wolfgang))]) | ProbeVideos(segment_seconds=5.0)
         assert_that(probed | beam.Map(lambda i: (i.frame_count_header, i.segment_frames, i.segments)),
                     equal_to([(472, 118, 4)]))
@@ -141,7 +141,7 @@ def test_probe_videos_plans_segments(wolfgang):
 
 def test_split_into_work_units_last_unit_runs_to_end():
     info = literal_info("v", frame_count_header=25, segment_frames=10, segments=3)
-    with TestPipeline() as p:
+    with local_pipeline() as p:
         units = p | beam.Create([info]) | SplitIntoWorkUnits()
         assert_that(units, equal_to([WorkUnit(info, 0, 0, 10), WorkUnit(info, 1, 10, 20),
                                      WorkUnit(info, 2, 20, None)]))
@@ -239,7 +239,7 @@ def test_extract_faces_on_single_face_clip(single_face):
                 problems.append(f"chunk {c.chunk_index} timestamps not increasing")
         return problems
 
-    p = TestPipeline()
+    p = local_pipeline()
     chunks = (p | beam.Create(list(work_units(info)))
               | ExtractFaces(detector="blazeface_short", chunk_frames=32))
     assert_that(chunks, check(faces_everywhere))
@@ -251,7 +251,7 @@ def test_extract_faces_on_single_face_clip(single_face):
 
 def test_extract_faces_flags_an_empty_last_chunk_when_chunks_divide_the_unit(single_face):
     info = probed_info(single_face, "single")
-    with TestPipeline() as p:
+    with local_pipeline() as p:
         chunks = p | beam.Create(list(work_units(info))) | ExtractFaces(chunk_frames=36)
         assert_that(chunks | beam.Map(lambda c: (c.chunk_index, len(c.frame_index), c.frames_decoded, c.last,
                                                  c.crops.shape)),
@@ -273,7 +273,7 @@ def test_extract_faces_no_face_video_gives_frames_without_crops(tmp_path):
                 problems.append(f"crops {c.crops.shape} boxes {c.boxes.shape}")
         return problems
 
-    with TestPipeline() as p:
+    with local_pipeline() as p:
         chunks = p | beam.Create(list(work_units(info))) | ExtractFaces(chunk_frames=64)
         assert_that(chunks, check(no_faces))
 
@@ -298,7 +298,7 @@ def test_extract_faces_face_appears_then_disappears(single_face, tmp_path):
             problems.append(f"more than one face: {faces}")
         return problems
 
-    with TestPipeline() as p:
+    with local_pipeline() as p:
         chunks = p | beam.Create(list(work_units(info))) | ExtractFaces(chunk_frames=4)
         assert_that(chunks, check(faces_in_the_middle))
 
@@ -327,7 +327,7 @@ def test_extract_faces_keeps_every_face_when_asked(two_faces_video):
             problems.append(f"crops {c.crops.shape}")
         return problems
 
-    with TestPipeline() as p:
+    with local_pipeline() as p:
         chunks = p | beam.Create(list(work_units(info))) | ExtractFaces(keep_all_faces=True)
         assert_that(chunks, check(two_faces_each))
 
@@ -344,7 +344,7 @@ def test_extract_faces_counts_every_detected_face_when_keeping_only_the_primary(
             problems.append(f"faces_in_frame {c.faces_in_frame.tolist()} (two faces in every frame)")
         return problems
 
-    with TestPipeline() as p:
+    with local_pipeline() as p:
         chunks = p | beam.Create(list(work_units(info))) | ExtractFaces(keep_all_faces=False)
         assert_that(chunks, check(primary_only_but_two_counted))
 
@@ -388,7 +388,7 @@ def test_score_emotions_gives_probabilities(single_face_crops):
             problems.append("empty chunk")
         return problems
 
-    with TestPipeline() as p:
+    with local_pipeline() as p:
         scored = p | beam.Create(chunks) | ScoreEmotions("fer_mini_xception")
         assert_that(scored, check(probabilities))
 
@@ -406,7 +406,7 @@ def test_score_emotions_batch_size_does_not_change_results(single_face_crops):
             problems.append(f"chunks {[k for k, _ in joined]}")
         return problems
 
-    with TestPipeline() as p:
+    with local_pipeline() as p:
         faces = p | beam.Create(chunks)
         by_batch = {
             name: (faces
@@ -440,7 +440,7 @@ def test_write_frames_writes_rows_with_nulls_for_faceless_frames(tmp_path):
     expected_summary = ChunkSummary(video_id="vid-1", segment_index=0, chunk_index=0, last=True, frames_decoded=5,
                                     frames_sampled=3, frames_with_face=2, label_counts=(0, 0, 0, 1, 1, 0, 0),
                                     last_timestamp_s=1.4, rows_written=3)
-    with TestPipeline() as p:
+    with local_pipeline() as p:
         summaries = (p | beam.Create([three_frame_chunk("vid-1")])
                      | WriteFrames(root, {"vid-1": "/videos/vid-1.mp4"}, {"affectflow.run_id": "run-7"}))
         assert_that(summaries, equal_to([expected_summary]))
@@ -483,7 +483,7 @@ def test_write_frames_orders_rows_by_frame_then_face_and_counts_primary_faces(tm
         boxes=np.array([[300, 0, 20, 20], [0, 0, 50, 50], [5, 5, 40, 40]], np.float32),
         scores=np.array([0.8, 0.9, 0.95], np.float32), crops=np.zeros((3, 64, 64), np.uint8))
     scored = ScoredChunk(chunk, np.stack([SAD, HAPPY, SAD]), LABELS)
-    with TestPipeline() as p:
+    with local_pipeline() as p:
         summaries = p | beam.Create([scored]) | WriteFrames(root, {}, {})
         assert_that(summaries, equal_to([ChunkSummary("multi", 2, 1, False, 3, 3, 2, (0, 0, 0, 1, 1, 0, 0), 4.2, 4)]))
     table = pq.read_table(Path(root) / "frames" / "video_id=multi" / "part-00002-00001.parquet")
@@ -498,7 +498,7 @@ def test_write_frames_skips_the_file_for_an_empty_chunk(tmp_path):
                                   np.zeros((0, 4), np.float32), np.zeros(0, np.float32),
                                   np.zeros((0, 64, 64), np.uint8)),
                         np.zeros((0, 7), np.float32), LABELS)
-    with TestPipeline() as p:
+    with local_pipeline() as p:
         summaries = p | beam.Create([empty]) | WriteFrames(root, {}, {})
         assert_that(summaries, equal_to([ChunkSummary("blank", 1, 3, True, 4, 0, 0, (0,) * 7, None, 0)]))
     assert list(Path(root).rglob("*.parquet")) == []
@@ -537,7 +537,7 @@ def test_aggregate_videos_statuses_errors_and_labels(tmp_path):
     failures = [DeadLetter("bad", bad.path, "probe", "DecodeError", "file is empty (0 bytes)")]
     settings = AggregationSettings(LABELS)
 
-    with TestPipeline() as p:
+    with local_pipeline() as p:
         outcomes = ({"inputs": p | "Inputs" >> beam.Create([ok, no_face, bad, partial, short, lost]),
                      "results": p | "Results" >> beam.Create(infos + summaries + failures)}
                     | AggregateVideos(root, settings, "run-1"))
@@ -596,7 +596,7 @@ def test_aggregate_videos_statuses_errors_and_labels(tmp_path):
 def test_aggregate_videos_writes_a_dead_letter_for_every_failed_video(tmp_path):
     root = str(tmp_path / "out")
     lost = VideoInput("lost", "/videos/lost.mp4")
-    with TestPipeline() as p:
+    with local_pipeline() as p:
         outcomes = ({"inputs": p | "Inputs" >> beam.Create([lost]),
                      "results": p | "Results" >> beam.Create([])}
                     | AggregateVideos(root, AggregationSettings(LABELS), "run-1"))
@@ -615,7 +615,7 @@ def test_truncated_file_is_decoded_as_far_as_it_goes_and_failed(wolfgang, tmp_pa
     assert 0 < decodable < 0.9 * 472
     root = str(tmp_path / "out")
     inputs = [VideoInput("trunc", str(video))]
-    with TestPipeline() as p:
+    with local_pipeline() as p:
         videos = p | "Inputs" >> beam.Create(inputs)
         probed = videos | ProbeVideos(segment_seconds=5.0)
         chunks, extract_failures = split_errors(probed | SplitIntoWorkUnits() | ExtractFaces(chunk_frames=8),

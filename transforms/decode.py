@@ -3,7 +3,9 @@
 Memory is bounded whatever the video's length: `iter_frames` is a generator that holds
 one decoded frame at a time. Timestamps are the container's presentation times
 (OpenCV's CAP_PROP_POS_MSEC after each grab, derived from the packet's pts), so
-variable-frame-rate files keep their real times.
+variable-frame-rate files keep their real times. A video is split into segments only when
+its frames lie on a constant-rate grid (`frames_on_constant_grid`): seeking by frame number
+is exact only then, so a variable-frame-rate file is decoded as one segment.
 
 Remote inputs (any Beam filesystem path with a scheme) are copied to a local temporary
 file first, because OpenCV reads only local files.
@@ -93,6 +95,34 @@ def probe_container(local_path: str) -> ContainerInfo:
                              frame_count_header=max(int(cap.get(cv2.CAP_PROP_FRAME_COUNT)), 0))
     finally:
         cap.release()
+
+
+def frames_on_constant_grid(local_path: str, fps: float) -> bool:
+    """True when every frame's presentation time is t0 + i / fps (within half a frame), i.e.
+    the file is constant-frame-rate and seeking by frame number lands exactly.
+
+    OpenCV seeks by frame number through timestamps (frame = (pts - t0) x fps); on a
+    variable-frame-rate file (phone .mov files) that lands on the wrong frame without an
+    error. Reads the packets' timestamps in OpenCV's raw mode (CAP_PROP_FORMAT -1): no frame
+    is decoded, so a scan of the whole file costs about 1 ms per 100 frames. False when the
+    backend cannot read packets or the scan fails (one work unit is always correct).
+    """
+    cap = cv2.VideoCapture(local_path, cv2.CAP_FFMPEG)
+    try:
+        if not cap.isOpened() or not cap.set(cv2.CAP_PROP_FORMAT, -1):
+            return False
+        times = []
+        while cap.grab():
+            times.append(cap.get(cv2.CAP_PROP_POS_MSEC) / 1000.0)
+    except cv2.error:
+        return False
+    finally:
+        cap.release()
+    if not times:
+        return False
+    times = np.sort(np.asarray(times))          # packets come in decode order
+    grid = times[0] + np.arange(len(times)) / fps
+    return bool(np.all(np.abs(times - grid) <= 0.5 / fps))
 
 
 def is_sampled(frame_index: int, fps: float, sample_fps: Optional[float]) -> bool:

@@ -10,7 +10,8 @@ from models.deep import RESNET50_MAX_BATCH, ResNet50ModelHandler
 
 
 class ExtractDeepFeatures(beam.PTransform):
-    """PCollection[ScoredChunk] -> PCollection[ScoredChunk] with ``resnet50`` float32[m, 2048].
+    """PCollection[ScoredChunk] -> PCollection[ScoredChunk | DeadLetter] with ``resnet50``
+    float32[m, 2048]; a chunk the model fails on becomes a DeadLetter (stage ``features``).
 
     The chunks must carry their 224x224 RGB crops (``ExtractFaces(resnet50=True)``); the
     crops are dropped from the output. One model per worker process (RunInference's shared

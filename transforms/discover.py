@@ -24,7 +24,7 @@ import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
-from transforms.decode import hash_file, local_file, probe_container, segment_bounds
+from transforms.decode import frames_on_constant_grid, hash_file, local_file, probe_container, segment_bounds
 from transforms.elements import ContentHash, DeadLetter, Unchanged, VideoInfo, VideoInput, WorkUnit
 
 VIDEO_EXTENSIONS = (".mp4", ".mov", ".avi", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv")
@@ -145,6 +145,7 @@ class ProbeVideoFn(beam.DoFn):
         self._fingerprint = fingerprint
         self.failed = Metrics.counter("affectflow", "failed_probes")
         self.unchanged = Metrics.counter("affectflow", "unchanged_videos")
+        self.variable_rate = Metrics.counter("affectflow", "variable_frame_rate_videos")
 
     def process(self, video: VideoInput) -> Iterator[Union[VideoInfo, Unchanged, ContentHash, DeadLetter]]:
         try:
@@ -160,7 +161,11 @@ class ProbeVideoFn(beam.DoFn):
         try:
             with local_file(video.path) as local:
                 c = probe_container(local)
-            per_segment, segments = segment_bounds(c.fps, c.frame_count_header, self._segment_seconds)
+                per_segment, segments = segment_bounds(c.fps, c.frame_count_header, self._segment_seconds)
+                if segments > 1 and not frames_on_constant_grid(local, c.fps):
+                    # Seeking would land on the wrong frame: one work unit, decoded from the start.
+                    self.variable_rate.inc()
+                    per_segment, segments = segment_bounds(c.fps, c.frame_count_header, None)
             yield VideoInfo(video, sha, size, c.codec, c.width, c.height, c.fps, c.frame_count_header,
                             per_segment, segments)
         except Exception as exc:  # noqa: BLE001 - a bad input is a dead letter, not a crashed run

@@ -147,3 +147,9 @@ class DeadLetter:
     def from_exception(cls, video_id: str, source_path: str, stage: str, exc: BaseException,
                        segment_index: Optional[int] = None) -> "DeadLetter":
         return cls(video_id, source_path, stage, type(exc).__name__, str(exc)[:2000], segment_index)
+
+
+def chunk_failure(chunk: "FaceChunk", stage: str, exc: BaseException) -> DeadLetter:
+    """A model stage's failure on one chunk. The source path is left empty: inference does not
+    carry it, and AggregateVideos fills it in from the video's input."""
+    return DeadLetter.from_exception(chunk.video_id, "", stage, exc, chunk.segment_index)

@@ -1,4 +1,4 @@
-"""ScoreEmotions: FaceChunk -> ScoredChunk through Beam's RunInference."""
+"""ScoreEmotions: FaceChunk -> ScoredChunk (or DeadLetter) through Beam's RunInference."""
 from __future__ import annotations
 
 from typing import Optional
@@ -10,7 +10,12 @@ from models.emotion import EmotionModelHandler
 
 
 class ScoreEmotions(beam.PTransform):
-    """PCollection[FaceChunk] -> PCollection[ScoredChunk]: 7 probabilities per face.
+    """PCollection[FaceChunk] -> PCollection[ScoredChunk | DeadLetter]: 7 probabilities per face.
+
+    A chunk the model fails on comes out as a DeadLetter (stage ``emotion``), not an exception
+    (models.emotion.EmotionModelHandler.run_inference); `split_errors` separates them. Handled
+    in the handler, not with RunInference's tagged failure output: the DaskRunner merges tagged
+    outputs.
 
     One model per worker process (RunInference's shared handle); each chunk's crops go
     through the network in sub-batches of ``max_batch``. Chunks with no face pass with

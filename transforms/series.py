@@ -27,6 +27,7 @@ established and the column is null for the whole video: it is not invented from 
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -109,10 +110,46 @@ def add_video_series_columns(root: str, video_id: str, labels: Sequence[str], fe
     WriteFrames wrote them with ``feature_groups``; afterwards they hold the schema of
     ``feature_groups + settings.groups``. Memory: one file at a time plus, for the whole video,
     the primary face's probabilities and geometric measures (a few dozen floats a frame).
+
+    The output keeps one frame schema whatever fails (the video then becomes a dead letter of
+    stage ``features``, and the error is raised):
+
+    * computing the series fails: the files still get the new columns, all null;
+    * writing fails: the video's frame files are removed (files without the run's columns
+      must not be committed; the failed video is processed again by the next run).
+
+    Each new file is written beside its original under a name readers skip (``_`` prefix, no
+    ``.parquet`` suffix) and replaces it only once every new file is written.
     """
     files = _frame_files(root, video_id)
     if not files or not settings.groups:
         return 0
+    target = file_schema(frame_schema(labels, (*feature_groups, *settings.groups)))
+    try:
+        sizes, new = _series_values(files, labels, settings)
+        error = None
+    except Exception as exc:  # noqa: BLE001 - re-raised once the files have the run's schema
+        sizes, new, error = None, {}, exc
+    try:
+        rows = _replace_files(files, sizes, new, target, file_metadata or {})
+    except Exception:
+        remaining = [f for f in files if FileSystems.exists(f)]
+        if remaining:
+            FileSystems.delete(remaining)
+        raise
+    if error is not None:
+        raise error
+    return rows
+
+
+def has_frame_files(root: str, video_id: str) -> bool:
+    """Whether ``root`` holds frame files of the video (a failed series rewrite removes them)."""
+    return bool(_frame_files(root, video_id))
+
+
+def _series_values(files: Sequence[str], labels: Sequence[str],
+                   settings: SeriesSettings) -> tuple[list[int], dict[str, np.ndarray]]:
+    """The video's files -> (rows per file, {new column: float32[all rows], NaN where null})."""
     probs_cols = [prob_column(l) for l in labels]
     geo_cols = [c.name for c in feature_columns(["geometry"])] if settings.baseline else []
     parts = [_read(f, ["frame_index", "face_index", "emotion_label", *probs_cols, *geo_cols]) for f in files]
@@ -122,7 +159,7 @@ def add_video_series_columns(root: str, video_id: str, labels: Sequence[str], fe
     rows = np.flatnonzero(primary)
     rows = rows[np.argsort(table.column("frame_index").to_numpy()[rows], kind="stable")]
 
-    new: dict[str, np.ndarray] = {}                 # column -> float32[table rows], NaN where null
+    new: dict[str, np.ndarray] = {}
     if settings.baseline:
         geo = _numpy(table, geo_cols)
         labels_now = np.asarray(table.column("emotion_label").to_pylist(), dtype=object)
@@ -137,18 +174,54 @@ def add_video_series_columns(root: str, video_id: str, labels: Sequence[str], fe
             values = np.full(table.num_rows, np.nan, np.float32)
             values[rows] = smoothed[:, j]
             new[smooth_column(label)] = values
+    return sizes, new
 
-    target = file_schema(frame_schema(labels, (*feature_groups, *settings.groups)))
+
+def _replace_files(files: Sequence[str], sizes: Sequence[int] | None, new: dict[str, np.ndarray],
+                   target: pa.Schema, file_metadata: dict) -> int:
+    """Rewrite ``files`` with ``target``'s columns: the originals' plus ``new`` (a target column
+    in neither is all null). Every file is written to a temporary name first; the originals are
+    replaced only when all are written. Returns the rows written."""
+    temporary = [_temporary_name(path) for path in files]
     start = 0
-    for path, size in zip(files, sizes):
-        original = _read(path)
-        columns = {name: original.column(name) for name in original.column_names}
-        for name, values in new.items():
-            chunk = values[start:start + size]
-            columns[name] = pa.array(chunk, pa.float32(), mask=np.isnan(chunk))
-        metadata = {k.decode(): v.decode() for k, v in (original.schema.metadata or {}).items()
-                    if k.startswith(b"affectflow.")}
-        metadata.update(file_metadata or {})
-        write_parquet(pa.table([columns[f.name] for f in target], schema=target), path, metadata)
-        start += size
-    return table.num_rows
+    try:
+        for i, (path, tmp) in enumerate(zip(files, temporary)):
+            original = _read(path)
+            size = original.num_rows if sizes is None else sizes[i]
+            columns = {name: original.column(name) for name in original.column_names}
+            for name, values in new.items():
+                chunk = values[start:start + size]
+                columns[name] = pa.array(chunk, pa.float32(), mask=np.isnan(chunk))
+            for f in target:
+                if f.name not in columns:
+                    columns[f.name] = pa.nulls(size, f.type)
+            metadata = {k.decode(): v.decode() for k, v in (original.schema.metadata or {}).items()
+                        if k.startswith(b"affectflow.")}
+            metadata.update(file_metadata)
+            write_parquet(pa.table([columns[f.name] for f in target], schema=target), tmp, metadata)
+            start += size
+    except BaseException:
+        written = [t for t in temporary if FileSystems.exists(t)]
+        if written:
+            FileSystems.delete(written)
+        raise
+    for tmp, path in zip(temporary, files):
+        _replace(tmp, path)
+    return start
+
+
+def _temporary_name(path: str) -> str:
+    """``.../part-x.parquet`` -> ``.../_series-part-x.tmp``: pyarrow datasets skip ``_`` files and
+    no ``*.parquet`` glob matches it."""
+    folder, name = path.rsplit("/", 1)
+    return f"{folder}/_series-{name.removesuffix('.parquet')}.tmp"
+
+
+def _replace(source: str, destination: str) -> None:
+    """Move ``source`` over ``destination``: one atomic os.replace on a local disk; elsewhere
+    delete, then rename (object stores have no atomic replace)."""
+    if "://" not in destination or destination.startswith("file://"):
+        os.replace(source.removeprefix("file://"), destination.removeprefix("file://"))
+        return
+    FileSystems.delete([destination])
+    FileSystems.rename([source], [destination])

@@ -13,6 +13,7 @@ Files: ``videos/video_id=<id>/part-00000.parquet`` and
 """
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 from dataclasses import dataclass
 from typing import Iterable, Mapping, Optional, Sequence
@@ -25,7 +26,7 @@ from apache_beam.io.filesystems import FileSystems
 from schemas.tables import dead_letter_schema, video_schema
 from transforms.aggregate import LABEL_COLUMNS_NULLED_WHEN_FAILED, AggregationSettings, video_labels
 from transforms.elements import ChunkSummary, ContentHash, DeadLetter, Unchanged, VideoInfo, VideoInput
-from transforms.series import SeriesSettings, add_video_series_columns
+from transforms.series import SeriesSettings, add_video_series_columns, has_frame_files
 from transforms.write import partition_dir, records_table, write_parquet
 
 TRUNCATION_RATIO = 0.9
@@ -60,21 +61,25 @@ def completeness_failures(video: VideoInput, info: Optional[VideoInfo], summarie
     * fewer frames decoded than TRUNCATION_RATIO of what the container header announces
       (TruncatedVideo): the frames that did decode are kept in the frame table, the video
       is failed. Headers are often off by a few frames, hence the ratio.
+
+    A segment that already has a dead letter is explained by it: it adds neither of the last
+    two (a model failing on a chunk is not a damaged file).
     """
     if info is None:
         return [] if failures else [DeadLetter(video.video_id, video.path, "aggregate", "MissingProbe",
                                                "the video was never probed")]
-    failures = []
-    missing = _missing_segments(info, summaries)
+    explained = {f.segment_index for f in failures if f.segment_index is not None}
+    found = []
+    missing = [seg for seg in _missing_segments(info, summaries) if seg not in explained]
     if missing:
-        failures.append(DeadLetter(video.video_id, video.path, "aggregate", "IncompleteOutput",
-                                   f"segments {missing} produced no complete frame output"))
+        found.append(DeadLetter(video.video_id, video.path, "aggregate", "IncompleteOutput",
+                                f"segments {missing} produced no complete frame output"))
     decoded = sum(s.frames_decoded for s in summaries)
-    if info.frame_count_header and decoded < TRUNCATION_RATIO * info.frame_count_header:
-        failures.append(DeadLetter(video.video_id, video.path, "decode", "TruncatedVideo",
-                                   f"decoded {decoded} of the {info.frame_count_header} frames the container "
-                                   f"header announces; the file is truncated or damaged"))
-    return failures
+    if not explained and info.frame_count_header and decoded < TRUNCATION_RATIO * info.frame_count_header:
+        found.append(DeadLetter(video.video_id, video.path, "decode", "TruncatedVideo",
+                                f"decoded {decoded} of the {info.frame_count_header} frames the container "
+                                f"header announces; the file is truncated or damaged"))
+    return found
 
 
 def build_video_row(video: VideoInput, info: Optional[VideoInfo], summaries: Sequence[ChunkSummary],
@@ -152,12 +157,15 @@ class WriteVideoFn(beam.DoFn):
         infos = [r for r in results if isinstance(r, VideoInfo)]
         hashes = [r for r in results if isinstance(r, ContentHash)]
         summaries = [r for r in results if isinstance(r, ChunkSummary)]
-        failures = sorted((r for r in results if isinstance(r, DeadLetter)),
+        failures = sorted((dataclasses.replace(r, source_path=r.source_path or inputs[0].path)
+                           for r in results if isinstance(r, DeadLetter)),
                           key=lambda f: (-1 if f.segment_index is None else f.segment_index, f.stage))
         info = infos[0] if infos else None
         failures += completeness_failures(inputs[0], info, summaries, failures)
         if self._series.groups and any(s.rows_written for s in summaries):
             failures += self._add_series_columns(inputs[0])
+            if not has_frame_files(self._root, video_id):     # removed by a failed rewrite: no rows to count
+                summaries = []
         row = build_video_row(inputs[0], info, summaries, failures, self._settings, self._run_id)
         if hashes and info is None:     # unprobeable, but its bytes are known: a rerun can skip it
             row.update(content_sha256=hashes[0].content_sha256, size_bytes=hashes[0].size_bytes)
