@@ -40,8 +40,8 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from models.registry import ResolvedModel, get_spec, resolve
 from schemas.tables import feature_set_columns
 from pipelines.config import RunConfig
-from pipelines.outputs import (check_same_frame_schema, clear_stale_staging, commit_staging, previous_fingerprints, read_table,
-                               run_manifest, summarise_videos, write_manifest)
+from pipelines.outputs import (check_same_frame_schema, clear_stale_staging, commit_staging, previous_fingerprints,
+                               read_table, run_manifest, summarise_videos, write_manifest)
 from pipelines.progress import ProgressReporter
 from transforms.aggregate import AggregationSettings
 from transforms.discover import ProbeVideos, SplitIntoWorkUnits, discover, split_errors
@@ -245,7 +245,7 @@ def execute(config: RunConfig, argv_for_manifest: Optional[list[str]] = None, fo
     })
     write_manifest(output, manifest)
     if job.validation.enabled:
-        manifest["validation"] = validate_after_run(output, config)
+        manifest["validation"] = validate_after_run(output, config, run_id)
     return manifest
 
 
@@ -257,7 +257,7 @@ def feature_set_entry(config: RunConfig) -> Optional[dict]:
     return {"name": name, "columns": feature_set_columns(name, frame_feature_groups(config))}
 
 
-def validate_after_run(output: str, config: RunConfig) -> dict:
+def validate_after_run(output: str, config: RunConfig, run_id: str) -> dict:
     """Validate what the run left (pipelines.validate); the verdict also goes into the manifests.
 
     Validation reads the Parquet with DuckDB, which needs a local folder: for a remote output
@@ -277,7 +277,7 @@ def validate_after_run(output: str, config: RunConfig) -> dict:
         message = f"validation of {output} could not complete: {type(exc).__name__}: {exc}"
         entry = {"valid": False, "error": message}
         with contextlib.suppress(Exception):        # the run's own verdict, as a finished validation records it
-            mark_manifests(Path(local), json.loads((Path(local) / "run_manifest.json").read_text())["run_id"], entry)
+            mark_manifests(Path(local), run_id, entry)
         return {**entry, "summary": message}
     return {**report.manifest_entry(), "summary": report.summary()}
 

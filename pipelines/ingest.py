@@ -606,7 +606,7 @@ def execute_ingest(config: RunConfig, source: str, frame_size: Optional[tuple[in
     write_manifest(output, manifest)
     if job.validation.enabled:
         from pipelines.extract import validate_after_run
-        manifest["validation"] = validate_after_run(output, config)
+        manifest["validation"] = validate_after_run(output, config, run_id)
     return manifest
 
 

@@ -241,3 +241,21 @@ def test_a_series_failure_fails_its_video_keeps_one_schema_and_is_retried(tmp_pa
     c = second["counts"]
     assert (c["processed"], c["skipped"], c["ok"], c["failed"]) == (1, 1, 2, 0)
     assert second["validation"]["valid"] is True
+
+
+def test_a_validation_that_cannot_complete_marks_the_run_invalid(tmp_path, single_face, monkeypatch, capsys):
+    """The data is committed; the verdict is 'not valid' in both manifests and the exit code is 4."""
+    import pipelines.validate as validate
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("duckdb went away")
+
+    monkeypatch.setattr(validate, "validate_output", broken)
+    shutil.copy(single_face, tmp_path / "s.mp4")
+    out = tmp_path / "out"
+    code = cli.main(["run", "--input", str(tmp_path / "s.mp4"), "--output", str(out), "--set", "progress=false"])
+    assert code == cli.EXIT_INVALID and "could not complete: RuntimeError: duckdb went away" in capsys.readouterr().out
+    manifest = json.loads((out / "run_manifest.json").read_text())
+    kept = json.loads((out / "runs" / manifest["run_id"] / "run_manifest.json").read_text())
+    assert manifest["validation"]["valid"] is False and kept["validation"] == manifest["validation"]
+    assert read_table(str(out), "frames").num_rows == 72

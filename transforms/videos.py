@@ -163,9 +163,10 @@ class WriteVideoFn(beam.DoFn):
         info = infos[0] if infos else None
         failures += completeness_failures(inputs[0], info, summaries, failures)
         if self._series.groups and any(s.rows_written for s in summaries):
-            failures += self._add_series_columns(inputs[0])
-            if not has_frame_files(self._root, video_id):     # removed by a failed rewrite: no rows to count
+            series_failures = self._add_series_columns(inputs[0])
+            if series_failures and not has_frame_files(self._root, video_id):   # a failed rewrite removed them
                 summaries = []
+            failures += series_failures
         row = build_video_row(inputs[0], info, summaries, failures, self._settings, self._run_id)
         if hashes and info is None:     # unprobeable, but its bytes are known: a rerun can skip it
             row.update(content_sha256=hashes[0].content_sha256, size_bytes=hashes[0].size_bytes)
