@@ -33,10 +33,11 @@ import numpy as np
 from apache_beam.ml.inference.base import ModelHandler
 
 from models.registry import ResolvedModel, resolve
+from schemas.tables import RESNET50_VALUES
 from transforms.elements import DeadLetter, ScoredChunk, chunk_failure
 
 RESNET50_SIZE = 224
-RESNET50_DIM = 2048
+RESNET50_DIM = RESNET50_VALUES
 # Faces per forward pass: ResNet50's first stages hold about 10 MB of activations per 224x224
 # face, so 16 keeps a call under about 200 MB, where the emotion model's 256 would need 2.5 GB.
 RESNET50_MAX_BATCH = 16

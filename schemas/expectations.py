@@ -34,7 +34,8 @@ import pyarrow as pa
 from great_expectations.expectations.row_conditions import Column as Col
 
 from schemas.external import face_rule_exemptions
-from schemas.tables import (DEAD_LETTER_STAGES, EMBEDDING_COLUMN, RESNET50_COLUMN, FALLBACKS, PARTITION_COLUMN, VIDEO_STATUSES, count_column, dead_letter_schema,
+from schemas.tables import (DEAD_LETTER_STAGES, EMBEDDING_COLUMN, FALLBACKS, N_LANDMARK_VALUES, PARTITION_COLUMN,
+                            RESNET50_COLUMN, RESNET50_VALUES, VIDEO_STATUSES, count_column, dead_letter_schema,
                             feature_columns, file_schema, frac_column, frame_columns, frame_schema, prob_column, smooth_column,
                             video_columns, video_schema)
 
@@ -124,7 +125,8 @@ def _vector_rules(table: str, groups: Sequence[str]) -> list:
     (landmarks 468 x 3, ResNet50 2048, the embedding whatever its model gives); ResNet50's
     pooled ReLU features are >= 0."""
     exps = []
-    fixed = {"landmarks": ("landmarks", 1404), "landmarks_norm": ("landmarks", 1404), RESNET50_COLUMN: ("resnet50", 2048)}
+    fixed = {"landmarks": ("landmarks", N_LANDMARK_VALUES), "landmarks_norm": ("landmarks", N_LANDMARK_VALUES),
+             RESNET50_COLUMN: ("resnet50", RESNET50_VALUES)}
     for column, (group, length) in fixed.items():
         if group in groups:
             exps.append(_rows(table, column, f"every vector has {length} values", f"""

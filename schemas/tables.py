@@ -101,6 +101,7 @@ def baseline_column(measure: str) -> str:
 
 
 N_LANDMARK_VALUES = 468 * 3
+RESNET50_VALUES = 2048            # ResNet50's globally pooled features
 EMBEDDING_COLUMN = "emb_mini_xception"
 RESNET50_COLUMN = "resnet50"
 # Frame-table column groups beyond the core columns, in the order their columns follow them.
