@@ -36,6 +36,7 @@ class DecodeConfig:
     segment_seconds: Optional[float] = 10.0   # work-unit length; null = one unit per video
     sample_fps: Optional[float] = None         # null = every frame
     chunk_frames: int = 1024                   # sampled frames per chunk = per frame Parquet file
+    decoder_threads: int = 1                   # FFmpeg threads per work unit; 0 = one per core
 
 
 @dataclass
@@ -252,6 +253,7 @@ def load_config(paths: Optional[str | os.PathLike | Sequence[str | os.PathLike]]
         if value is not None:
             _set_dotted(tree, "job." + key, value)
     job = _build(JobConfig, tree["job"], "")
+    _check_decode(job.decode)
     _check_features(job.features)
     check_validation(job.validation)
     return RunConfig(tree["pipeline_options"], job)
@@ -259,6 +261,11 @@ def load_config(paths: Optional[str | os.PathLike | Sequence[str | os.PathLike]]
 
 FEATURE_SETS = ("none", "appearance", "deep", "both")
 SMOOTHING_METHODS = ("none", "window", "ema")
+
+
+def _check_decode(d: DecodeConfig) -> None:
+    if d.decoder_threads < 0:
+        raise ConfigError(f"decode.decoder_threads must be >= 0 (0 = one per core), got {d.decoder_threads}")
 
 
 def _check_features(f: FeaturesConfig) -> None:

@@ -38,6 +38,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from models.registry import ResolvedModel, get_spec, resolve
+from pipelines.beam_runtime import shorten_state_sampling
 from schemas.tables import feature_set_columns
 from pipelines.config import RunConfig
 from pipelines.outputs import (check_same_frame_schema, clear_stale_staging, commit_staging, previous_fingerprints,
@@ -95,24 +96,25 @@ def build(p: beam.Pipeline, config: RunConfig, plan: RunPlan) -> PipelineOutputs
                                                   job.faces.min_score, job.faces.keep_all_faces,
                                                   job.faces.crop_margin, job.decode.chunk_frames,
                                                   job.decode.sample_fps, job.features.needs_mesh,
-                                                  paths.get("face_mesh"), job.features.resnet50))  # FaceChunk | DeadLetter
+                                                  paths.get("face_mesh"), job.features.resnet50,
+                                                  job.decode.decoder_threads))              # FaceChunk | DeadLetter
     chunks, extract_failures = split_errors(extracted, "Extract")
     scored = chunks | "ScoreEmotions" >> ScoreEmotions(job.emotion.model, paths.get(job.emotion.model),
                                                        job.emotion.max_batch, job.emotion.runtime,
                                                        job.features.embedding)
     scored, model_failures = split_errors(scored, "Emotion")          # chunks the model failed on
+    failures = [extract_failures, model_failures]
     if job.features.resnet50:           # an extra stage only when asked: the default graph is unchanged
         deep = scored | "ExtractDeepFeatures" >> ExtractDeepFeatures(paths.get("resnet50"))
         scored, deep_failures = split_errors(deep, "Deep")
-        model_failures = (model_failures, deep_failures) | "ModelFailures" >> beam.Flatten()
+        failures.append(deep_failures)
     written = (scored
                | "WriteFrames" >> WriteFrames(plan.staging_root, {v.video_id: v.path for v in plan.inputs},
                                               plan.file_metadata, job.features.groups))
     # Everything known per video (probe results, chunk summaries, dead letters of every stage) goes to
-    # AggregateVideos as one PCollection. It depends on every branch and is applied last: the
-    # DaskRunner computes only the graph behind the last transform applied.
-    results = (probed, extract_failures, model_failures, written) | "AllVideoResults" >> beam.Flatten()
-    outcomes = ({"inputs": videos, "results": results}
+    # AggregateVideos. It depends on every branch and is applied last: the DaskRunner computes only
+    # the graph behind the last transform applied.
+    outcomes = ({"inputs": videos, "results": (probed, *failures, written)}
                 | "AggregateVideos" >> AggregateVideos(
                     plan.staging_root, aggregation_settings(config), plan.run_id, plan.extra_fields,
                     plan.file_metadata, {"settings_fingerprint": plan.fingerprint, "models": plan.models_json},
@@ -134,7 +136,8 @@ def frame_feature_groups(config: RunConfig) -> tuple[str, ...]:
 
 # Settings that change no row: work-unit and file layout, batch sizes, where things are, display.
 _NOT_FINGERPRINTED = {("input",), ("output",), ("progress",), ("validation",), ("models",),
-                      ("decode", "segment_seconds"), ("decode", "chunk_frames"), ("emotion", "max_batch"),
+                      ("decode", "segment_seconds"), ("decode", "chunk_frames"), ("decode", "decoder_threads"),
+                      ("emotion", "max_batch"),
                       ("features", "feature_set")}
 
 
@@ -223,6 +226,7 @@ def execute(config: RunConfig, argv_for_manifest: Optional[list[str]] = None, fo
     _LOG.info("run %s: %d videos matched %s", run_id, len(inputs), job.input)
     discovered = time.time()
 
+    shorten_state_sampling()        # the DirectRunner runs bundles in this process
     with runner_environment(config) as beam_args, ProgressReporter(plan.staging_root, video_ids, job.progress):
         p = beam.Pipeline(options=PipelineOptions(beam_args))
         build(p, config, plan)

@@ -29,6 +29,7 @@ def test_default_yaml_loads():
     assert job.decode.segment_seconds == 10.0 and type(job.decode.segment_seconds) is float
     assert job.decode.sample_fps is None
     assert job.decode.chunk_frames == 1024
+    assert job.decode.decoder_threads == 1
     assert job.faces.detector == "blazeface_short"
     assert job.faces.min_score == 0.7
     assert job.faces.keep_all_faces is False
@@ -104,7 +105,7 @@ def test_unknown_key_in_nested_section():
         load_config(sets=["decode.sampel_fps=5"])
     message = str(exc.value)
     assert "decode.sampel_fps" in message
-    assert "allowed under decode: chunk_frames, sample_fps, segment_seconds" in message
+    assert "allowed under decode: chunk_frames, decoder_threads, sample_fps, segment_seconds" in message
 
 
 def test_unknown_key_in_nested_section_with_job_prefix():
@@ -248,11 +249,12 @@ def test_set_through_a_scalar():
 
 
 @pytest.mark.parametrize("setting, message", [
+    ("decode.decoder_threads=-1", "decode.decoder_threads must be >= 0"),
     ("validation.probability_tolerance=0", "probability_tolerance must be > 0"),
     ("validation.max_failed_share_fail=1.5", "max_failed_share_fail must be in [0, 1]"),
     ("validation.box_tolerance_px=-1", "box_tolerance_px must be >= 0"),
 ])
-def test_bad_validation_settings_fail_when_the_config_loads(setting, message):
+def test_bad_settings_fail_when_the_config_loads(setting, message):
     """Before any video is decoded: a usage error (exit 2), not a finished run marked invalid."""
     with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")):
         load_config(None, None, [setting])

@@ -185,6 +185,20 @@ def test_segments_decode_the_same_frames_and_timestamps_as_one_pass(wolfgang_pas
     np.testing.assert_allclose(times, np.arange(len(times)) / c.fps, atol=1e-3)
 
 
+def test_one_decoder_thread_decodes_the_same_pixels_as_ffmpegs_default(wolfgang):
+    """decode.decoder_threads=1 (the default) changes the CPU cost, not one pixel or timestamp;
+    the capture really is opened with that many threads."""
+    import cv2
+    from transforms.decode import _open
+    assert _open(str(wolfgang), 1).get(cv2.CAP_PROP_N_THREADS) == 1
+    assert _open(str(wolfgang), 3).get(cv2.CAP_PROP_N_THREADS) == 3
+    one = list(iter_frames(str(wolfgang), 100, 160, threads=1))
+    default = list(iter_frames(str(wolfgang), 100, 160, threads=0))
+    assert [f.index for f in one] == list(range(100, 160))
+    assert [(f.index, f.timestamp_s) for f in one] == [(f.index, f.timestamp_s) for f in default]
+    assert all(np.array_equal(a.image, b.image) for a, b in zip(one, default))
+
+
 def test_sampling_keeps_five_frames_a_second_and_is_segment_invariant(wolfgang_passes):
     c, full, split, _ = wolfgang_passes
     sampled = [(i, t) for i, t, kept in full if kept]
@@ -621,8 +635,7 @@ def test_truncated_file_is_decoded_as_far_as_it_goes_and_failed(wolfgang, tmp_pa
         chunks, extract_failures = split_errors(probed | SplitIntoWorkUnits() | ExtractFaces(chunk_frames=8),
                                                 "Extract")
         written = chunks | ScoreEmotions() | WriteFrames(root, {"trunc": str(video)}, {})
-        results = (probed, extract_failures, written) | beam.Flatten()
-        outcomes = ({"inputs": videos, "results": results}
+        outcomes = ({"inputs": videos, "results": (probed, extract_failures, written)}
                     | AggregateVideos(root, AggregationSettings(LABELS), "run-1"))
         assert_that(outcomes, equal_to([VideoOutcome("trunc", "failed", decodable, decodable)]))
 

@@ -141,8 +141,9 @@ def is_sampled(frame_index: int, fps: float, sample_fps: Optional[float]) -> boo
     return math.floor(frame_index * ratio + 1e-9) != math.floor((frame_index - 1) * ratio + 1e-9)
 
 
-def _open(local_path: str) -> cv2.VideoCapture:
-    return cv2.VideoCapture(local_path, cv2.CAP_FFMPEG)
+def _open(local_path: str, threads: int = 0) -> cv2.VideoCapture:
+    """An FFmpeg capture decoding with ``threads`` threads (0: FFmpeg's choice, one per core)."""
+    return cv2.VideoCapture(local_path, cv2.CAP_FFMPEG, [cv2.CAP_PROP_N_THREADS, threads])
 
 
 @dataclass
@@ -153,15 +154,19 @@ class DecodedFrame:
 
 
 def iter_frames(local_path: str, start_frame: int = 0, end_frame: Optional[int] = None,
-                fps: float = 0.0, sample_fps: Optional[float] = None) -> Iterator[DecodedFrame]:
+                fps: float = 0.0, sample_fps: Optional[float] = None, threads: int = 0) -> Iterator[DecodedFrame]:
     """Decode frames [start_frame, end_frame) in order, converting only the sampled ones.
 
     Every frame in the range is yielded (so callers can count decoded frames); frames the
     sampling rule drops come with ``image=None`` and cost no colour conversion. Seeking
     is by frame number; if the decoder lands anywhere but ``start_frame`` the segment is
     decoded from the start of the file instead, so a segment is always exact.
+
+    ``threads``: FFmpeg decoding threads (0: one per core). The pipeline uses 1: its work
+    units already run one per core, and FFmpeg's frame threading costs CPU (0.63 vs
+    0.77-0.97 ms of CPU a frame on the 640x360 H.264 benchmark clip, and no faster alone).
     """
-    cap = _open(local_path)
+    cap = _open(local_path, threads)
     if not cap.isOpened():
         raise DecodeError("not a readable video container")
     try:
@@ -170,7 +175,7 @@ def iter_frames(local_path: str, start_frame: int = 0, end_frame: Optional[int] 
             cap.set(cv2.CAP_PROP_POS_FRAMES, start_frame)
             if int(cap.get(cv2.CAP_PROP_POS_FRAMES)) != start_frame:
                 cap.release()
-                cap = _open(local_path)
+                cap = _open(local_path, threads)
             else:
                 index = start_frame
         while end_frame is None or index < end_frame:

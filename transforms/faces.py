@@ -145,8 +145,9 @@ class ExtractFacesFn(beam.DoFn):
 
     def __init__(self, detector: str, detector_path: Optional[str], min_score: float, keep_all_faces: bool,
                  crop_margin: float, chunk_frames: int, sample_fps: Optional[float], landmarks: bool = False,
-                 mesh_path: Optional[str] = None, resnet50: bool = False):
+                 mesh_path: Optional[str] = None, resnet50: bool = False, decoder_threads: int = 1):
         self._landmarks = landmarks
+        self._decoder_threads = decoder_threads
         self._resnet50 = resnet50
         self._mesh_path = mesh_path
         self._mesh = None
@@ -174,7 +175,8 @@ class ExtractFacesFn(beam.DoFn):
         stage = "decode"
         try:
             with local_file(unit.video.input.path) as path:
-                for frame in iter_frames(path, unit.start_frame, unit.end_frame, unit.video.fps, self._sample_fps):
+                for frame in iter_frames(path, unit.start_frame, unit.end_frame, unit.video.fps, self._sample_fps,
+                                         self._decoder_threads):
                     builder.frames_decoded += 1
                     if frame.image is None:
                         continue
@@ -217,6 +219,7 @@ class ExtractFaces(beam.PTransform):
 
     ``resnet50``: also carry each face's 224x224 RGB crop (``FaceChunk.face_rgb``) for
     ExtractDeepFeatures; chunks are then capped at DEEP_CHUNK_FRAMES frames.
+    ``decoder_threads``: FFmpeg threads per work unit (0: one per core; see iter_frames).
 
     Example::
 
@@ -226,10 +229,10 @@ class ExtractFaces(beam.PTransform):
     def __init__(self, detector: str = "blazeface_short", detector_path: Optional[str] = None,
                  min_score: float = 0.7, keep_all_faces: bool = False, crop_margin: float = 0.1,
                  chunk_frames: int = 1024, sample_fps: Optional[float] = None, landmarks: bool = False,
-                 mesh_path: Optional[str] = None, resnet50: bool = False):
+                 mesh_path: Optional[str] = None, resnet50: bool = False, decoder_threads: int = 1):
         super().__init__()
         self._fn = ExtractFacesFn(detector, detector_path, min_score, keep_all_faces, crop_margin,
-                                  chunk_frames, sample_fps, landmarks, mesh_path, resnet50)
+                                  chunk_frames, sample_fps, landmarks, mesh_path, resnet50, decoder_threads)
 
     def expand(self, units):
         return units | "DecodeDetectCrop" >> beam.ParDo(self._fn)

@@ -127,7 +127,7 @@ def dead_letter_rows(failures: Iterable[DeadLetter], run_id: str) -> list[dict]:
 
 
 class WriteVideoFn(beam.DoFn):
-    """(video_id, {inputs, results}) -> VideoOutcome, writing the video's row and dead letters."""
+    """(video_id, [its VideoInput and results]) -> VideoOutcome, writing the video's row and dead letters."""
 
     def __init__(self, root: str, settings: AggregationSettings, run_id: str, extra_fields: Sequence[pa.Field],
                  file_metadata: Mapping[str, str], provenance: Mapping[str, str],
@@ -147,10 +147,11 @@ class WriteVideoFn(beam.DoFn):
 
     def process(self, keyed):
         video_id, grouped = keyed
-        inputs = list(grouped["inputs"])
+        inputs, results = [], []
+        for element in grouped:
+            (inputs if isinstance(element, VideoInput) else results).append(element)
         if not inputs:          # a result for an id nobody asked for would be a bug upstream
             raise RuntimeError(f"video {video_id} has results but is not a matched input")
-        results = list(grouped["results"])
         if any(isinstance(r, Unchanged) for r in results):
             yield VideoOutcome(video_id, "skipped", 0, 0)      # its row and files stay as they are
             return
@@ -195,13 +196,18 @@ def _key(element):
 
 
 class AggregateVideos(beam.PTransform):
-    """{"inputs": PCollection[VideoInput], "results": PCollection[VideoInfo | Unchanged | ChunkSummary | DeadLetter]}
-    -> PCollection[VideoOutcome], one per input, after writing its video row and dead letters
-    (nothing is written for an Unchanged video: its outcome is "skipped").
+    """{"inputs": PCollection[VideoInput], "results": PCollection or tuple of PCollections of
+    VideoInfo | Unchanged | ChunkSummary | DeadLetter} -> PCollection[VideoOutcome], one per input,
+    after writing its video row and dead letters (nothing is written for an Unchanged video: its
+    outcome is "skipped").
+
+    Every input is keyed by video id and goes through one Flatten into one GroupByKey: the
+    in-process runner materialises each Flatten as a stage of its own, so the result branches are
+    passed here rather than flattened before.
 
     Example::
 
-        outcomes = {"inputs": inputs, "results": results} | AggregateVideos(root, settings, run_id)
+        outcomes = {"inputs": inputs, "results": (probed, failures, written)} | AggregateVideos(root, settings, run_id)
     """
 
     def __init__(self, root: str, settings: AggregationSettings, run_id: str,
@@ -216,7 +222,10 @@ class AggregateVideos(beam.PTransform):
                                 series, feature_groups)
 
     def expand(self, pcolls):
-        keyed = {name: pcoll | f"KeyByVideo{name.title()}" >> beam.Map(_key) for name, pcoll in pcolls.items()}
+        results = pcolls["results"]
+        branches = [pcolls["inputs"], *((results,) if isinstance(results, beam.PCollection) else results)]
+        keyed = [branch | f"KeyByVideo{i}" >> beam.Map(_key) for i, branch in enumerate(branches)]
         return (keyed
-                | "GroupByVideo" >> beam.CoGroupByKey()
+                | "AllByVideo" >> beam.Flatten()
+                | "GroupByVideo" >> beam.GroupByKey()
                 | "BuildAndWriteVideoRows" >> beam.ParDo(self._fn))
