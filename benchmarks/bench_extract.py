@@ -190,7 +190,8 @@ def describe_config(config_path: str | None, sets: list[str]) -> str:
     opts = " ".join(f"{k}={v}" for k, v in c.pipeline_options.items())
     d = c.job.decode
     return (f"{opts}; segment_seconds={d.segment_seconds} chunk_frames={d.chunk_frames} "
-            f"sample_fps={d.sample_fps} detector={c.job.faces.detector} max_batch={c.job.emotion.max_batch}")
+            f"decoder_threads={d.decoder_threads} sample_fps={d.sample_fps} detector={c.job.faces.detector} "
+            f"max_batch={c.job.emotion.max_batch}")
 
 
 def bench_pipeline(label: str, config_path: str | None, video: str, work: Path, repeats: int,

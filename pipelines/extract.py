@@ -38,8 +38,8 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from models.registry import ResolvedModel, get_spec, resolve
-from pipelines.beam_runtime import shorten_state_sampling
 from schemas.tables import feature_set_columns
+from pipelines.beam_runtime import shorten_state_sampling
 from pipelines.config import RunConfig
 from pipelines.outputs import (check_same_frame_schema, clear_stale_staging, commit_staging, previous_fingerprints,
                                read_table, run_manifest, summarise_videos, write_manifest)
