@@ -201,9 +201,9 @@ class AggregateVideos(beam.PTransform):
     after writing its video row and dead letters (nothing is written for an Unchanged video: its
     outcome is "skipped").
 
-    Every input is keyed by video id and goes through one Flatten into one GroupByKey: the
-    in-process runner materialises each Flatten as a stage of its own, so the result branches are
-    passed here rather than flattened before.
+    All branches go through one Flatten, are keyed by video id and grouped: the in-process runner
+    materialises each Flatten as a stage of its own, so the result branches are passed here rather
+    than flattened before.
 
     Example::
 
@@ -224,8 +224,8 @@ class AggregateVideos(beam.PTransform):
     def expand(self, pcolls):
         results = pcolls["results"]
         branches = [pcolls["inputs"], *((results,) if isinstance(results, beam.PCollection) else results)]
-        keyed = [branch | f"KeyByVideo{i}" >> beam.Map(_key) for i, branch in enumerate(branches)]
-        return (keyed
-                | "AllByVideo" >> beam.Flatten()
+        return (branches
+                | "AllOfEveryVideo" >> beam.Flatten()
+                | "KeyByVideo" >> beam.Map(_key)
                 | "GroupByVideo" >> beam.GroupByKey()
                 | "BuildAndWriteVideoRows" >> beam.ParDo(self._fn))
