@@ -12,10 +12,13 @@ from tests.beam_options import local_pipeline
 
 @pytest.fixture
 def sampler_default():
-    """Restore Beam's own default after the test (the setting is process-wide)."""
-    saved = statesampler.StateSampler.__init__.__defaults__
+    """Beam's own default during the test, whatever ran before (any execute() shortens it for the
+    whole process), and the previous setting after it."""
+    init = statesampler.StateSampler.__init__
+    saved = init.__defaults__
+    init.__defaults__ = (*saved[:-1], statesampler.DEFAULT_SAMPLING_PERIOD_MS)
     yield
-    statesampler.StateSampler.__init__.__defaults__ = saved
+    init.__defaults__ = saved
 
 
 class _SamplingPeriod(beam.DoFn):
@@ -31,6 +34,7 @@ def _periods_seen_by_bundles(expected):
 
 
 def test_bundles_sample_every_10_ms_once_shortened(sampler_default):
+    assert statesampler.DEFAULT_SAMPLING_PERIOD_MS == 200
     _periods_seen_by_bundles([200, 200, 200])           # Beam's default: a bundle's end may wait 200 ms
     assert shorten_state_sampling(10) is True
     _periods_seen_by_bundles([10, 10, 10])
