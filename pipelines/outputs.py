@@ -190,7 +190,7 @@ def check_same_frame_schema(output: str, video_ids: Iterable[str], feature_group
     if list(old_groups) == list(feature_groups) and list(old_labels) == list(labels):
         return
     pattern = FileSystems.join(output, "frames", f"{PARTITION_COLUMN}=*", "part-*.parquet")
-    existing = {m.path.rsplit("/", 2)[-2].split("=", 1)[1] for m in FileSystems.match([pattern])[0].metadata_list}
+    existing = {_partition_of(m.path) for m in FileSystems.match([pattern])[0].metadata_list}
     left_out = sorted(existing - set(video_ids))
     if left_out:
         raise ConfigError(

@@ -80,7 +80,7 @@ def probe_container(local_path: str) -> ContainerInfo:
     """
     if os.path.getsize(local_path) == 0:
         raise DecodeError("file is empty (0 bytes)")
-    cap = cv2.VideoCapture(local_path, cv2.CAP_FFMPEG)
+    cap = _open(local_path)
     try:
         if not cap.isOpened():
             raise DecodeError("not a readable video container (OpenCV/FFmpeg could not open it)")
@@ -107,7 +107,7 @@ def frames_on_constant_grid(local_path: str, fps: float) -> bool:
     is decoded, so a scan of the whole file costs about 1 ms per 100 frames. False when the
     backend cannot read packets or the scan fails (one work unit is always correct).
     """
-    cap = cv2.VideoCapture(local_path, cv2.CAP_FFMPEG)
+    cap = _open(local_path)
     try:
         if not cap.isOpened() or not cap.set(cv2.CAP_PROP_FORMAT, -1):
             return False
