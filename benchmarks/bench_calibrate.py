@@ -39,8 +39,10 @@ import pyarrow as pa  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 
 from models.registry import FER2013_LABELS  # noqa: E402
-from pipelines.calibrate import assign_folds, calibrate_counts, count_frame_labels, parse_thresholds  # noqa: E402
-from transforms.aggregate import AggregationSettings  # noqa: E402
+from pipelines.calibration.folds import assign_folds, parse_thresholds  # noqa: E402
+from pipelines.calibration.job import calibrate_counts
+from pipelines.calibration.counts import count_frame_labels
+from models.aggregation import AggregationSettings  # noqa: E402
 
 LABELS = FER2013_LABELS
 CHILD_MARKER = "BENCH_COUNT "
@@ -113,7 +115,7 @@ def write_frames(root: Path, n_rows: int, n_videos: int, rng: np.random.Generato
 def count_child(output: str, engine: str) -> None:
     """Run in a fresh process: time one count table build and report this process's peak RSS."""
     import duckdb  # noqa: F401  (imported before the baseline RSS is read, like everything else used)
-    from pipelines.outputs import dataset  # noqa: F401
+    from pipelines.output.layout import dataset  # noqa: F401
     baseline_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     t0 = time.perf_counter()
     table = count_frame_labels(output, LABELS, engine)

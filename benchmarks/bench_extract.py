@@ -131,7 +131,7 @@ class NaiveLoop:
     def run(self, path: str, limit: int | None) -> tuple[int, int, float]:
         import cv2
         from models.emotion import normalise_crops
-        from transforms.faces import crop_face
+        from transforms.crops import crop_face
         start = time.perf_counter()
         cap = cv2.VideoCapture(path, cv2.CAP_FFMPEG)
         frames = with_face = 0
@@ -176,7 +176,7 @@ def run_pipeline(config_path: str | None, video: str, work: Path, sets: list[str
 
 def _dead_letters(output: Path) -> list:
     try:
-        from pipelines.outputs import read_table
+        from pipelines.output.layout import read_table
         table = read_table(str(output), "dead_letters", columns=["stage", "error_type", "error_message"])
         return table.to_pylist()[:5]
     except Exception as exc:  # noqa: BLE001 - only for the error message

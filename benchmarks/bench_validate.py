@@ -35,10 +35,11 @@ import numpy as np  # noqa: E402
 import pyarrow as pa  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 
-from schemas.tables import (PARTITION_COLUMN, dead_letter_schema, file_schema, frame_schema, prob_column,  # noqa: E402
-                            video_schema)
-from transforms.aggregate import AggregationSettings, LABEL_COLUMNS_NULLED_WHEN_FAILED, video_labels  # noqa: E402
-from transforms.write import records_table  # noqa: E402
+from schemas.columns import PARTITION_COLUMN, file_schema, prob_column  # noqa: E402
+from schemas.frames import frame_schema  # noqa: E402
+from schemas.videos import dead_letter_schema, video_schema  # noqa: E402
+from models.aggregation import AggregationSettings, LABEL_COLUMNS_NULLED_WHEN_FAILED, video_labels  # noqa: E402
+from transforms.parquet import records_table  # noqa: E402
 
 LABELS = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
 RUN_ID = "20260101T000000Z-bench0"
@@ -47,8 +48,8 @@ import json, sys, time
 sys.path.insert(0, {repo!r})
 started = time.time()
 import schemas.expectations  # noqa: F401 - Great Expectations itself, imported once per process
-from pipelines.config import ValidationConfig
-from pipelines.validate import validate_output
+from core.settings import ValidationConfig
+from pipelines.validation.job import validate_output
 imported = time.time()
 report = validate_output({output!r}, ValidationConfig(memory_limit={memory_limit!r}))
 wall = time.time() - imported

@@ -18,14 +18,14 @@ No ResNet50 weights ship in a package here, so the weights file is always the us
   a face-trained ResNet50 saved by its trainer. It must expect the same Caffe preprocessing.
 
 Anything else (a wrong architecture, a 1000-class ImageNet head, a truncated file) is a
-ValueError naming the file, raised by ``load_resnet50``; pipelines.extract.resolve_models
-calls it before the pipeline starts.
+ValueError naming the file, raised by ``load_resnet50``; the extraction job calls it before
+the pipeline starts.
 """
 from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Any, Iterable, Optional
+from typing import Any, Iterable, Optional, Sequence
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -33,8 +33,8 @@ import numpy as np
 from apache_beam.ml.inference.base import ModelHandler
 
 from models.registry import ResolvedModel, resolve
-from schemas.tables import RESNET50_VALUES
-from transforms.elements import DeadLetter, ScoredChunk, chunk_failure
+from core.elements import ScoredChunk
+from schemas.features import RESNET50_VALUES
 
 RESNET50_SIZE = 224
 RESNET50_DIM = RESNET50_VALUES
@@ -149,25 +149,24 @@ class ResNet50ModelHandler(ModelHandler[ScoredChunk, ScoredChunk, Any]):
     def load_model(self) -> ResNet50Features:
         return load_resnet50(self.resolve().paths["weights"])
 
-    def run_inference(self, batch: ScoredChunk, model: ResNet50Features,
-                      inference_args: Optional[dict[str, Any]] = None) -> Iterable[ScoredChunk | DeadLetter]:
-        """One chunk -> the chunk with its features, or a DeadLetter (stage ``features``) when the
-        model fails on it."""
-        rgb = batch.chunk.face_rgb
-        if rgb is None:
-            raise ValueError("chunk has no 224x224 RGB face crops: ExtractFaces must run with resnet50=True")
-        try:
-            features = resnet50_features(model, rgb, self._max_batch)
-        except Exception as exc:  # noqa: BLE001 - recorded as data
-            return [chunk_failure(batch.chunk, "features", exc)]
-        return [dataclasses.replace(batch, resnet50=features, chunk=dataclasses.replace(batch.chunk, face_rgb=None))]
+    def run_inference(self, batch: Sequence[ScoredChunk], model: ResNet50Features,
+                      inference_args: Optional[dict[str, Any]] = None) -> Iterable[ScoredChunk]:
+        """Each chunk of the batch -> the chunk with its features. A failure raises: RunInference's
+        exception handling turns the batch into dead letters (stage ``features``)."""
+        out = []
+        for scored in batch:
+            rgb = scored.chunk.face_rgb
+            if rgb is None:
+                raise ValueError("chunk has no 224x224 RGB face crops: ExtractFaces must run with resnet50 on")
+            out.append(dataclasses.replace(scored, resnet50=resnet50_features(model, rgb, self._max_batch),
+                                           chunk=dataclasses.replace(scored.chunk, face_rgb=None)))
+        return out
 
     def should_skip_batching(self) -> bool:
         return True
 
-    def get_num_bytes(self, batch: ScoredChunk) -> int:
-        rgb = batch.chunk.face_rgb
-        return int(rgb.nbytes) if rgb is not None else 0
+    def get_num_bytes(self, batch: Sequence[ScoredChunk]) -> int:
+        return int(sum(s.chunk.face_rgb.nbytes for s in batch if s.chunk.face_rgb is not None))
 
     def get_metrics_namespace(self) -> str:
         return "affectflow_resnet50"

@@ -6,11 +6,11 @@ a 64x64 single-channel grey face crop, ``x / 255``, then ``(x - 0.5) * 2`` so pi
 The crop itself (square box around the detector's box, grey, INTER_AREA resize) is made
 by transforms.faces.crop_face, where the full frame still exists.
 
-`EmotionModelHandler` takes whole `FaceChunk`s: the face-extraction stage already groups
-up to `chunk_frames` frames, so RunInference's own batching is switched off
-(`should_skip_batching`) and each chunk's crops go through the network in one call. That
-also keeps RunInference clear of BatchElements, whose end-of-bundle flush the DaskRunner
-drops.
+`EmotionModelHandler` scores `FaceChunk`s: the face-extraction stage already groups up to
+`chunk_frames` frames, so RunInference's own batching is switched off (`should_skip_batching`:
+each element is a batch, a one-chunk list made by transforms.dead_letters) and a chunk's crops
+go through the network in sub-batches of ``max_batch``. That also keeps RunInference clear of
+BatchElements, whose end-of-bundle flush the DaskRunner drops.
 
 Embedding (``features.embedding``, frame column ``emb_mini_xception``): the network's head is
 ``Conv2D(n_classes, 3x3, same) -> GlobalAveragePooling2D -> softmax`` on a 4x4x128 feature map
@@ -20,8 +20,9 @@ tensor the classifier conv reads. It is not post-ReLU (the block ends in an Add 
 outputs), so values are signed; and because the classifier conv is 3x3 with zero padding,
 not 1x1, the logits are not an exact linear function of it. With the embedding on, the
 handler loads a two-output model (probabilities, embedding) built on the same layers, so both
-come out of one forward pass and the probabilities are the single-output model's, bit for bit
-(tests/test_deep.py checks both runtimes).
+come out of one forward pass. Its probabilities equal the single-output model's up to float
+rounding: it is another compiled graph, as a different batch size is, and Keras results differ
+by about 3e-7 between graphs (tests/test_deep.py compares within 1e-5, on both runtimes).
 """
 from __future__ import annotations
 
@@ -30,7 +31,7 @@ import io
 import os
 import threading
 from pathlib import Path
-from typing import Any, Iterable, Optional
+from typing import Any, Iterable, Optional, Sequence
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -39,7 +40,7 @@ from apache_beam.ml.inference.base import ModelHandler
 
 from models.registry import ResolvedModel, get_spec, resolve
 from models.store import cache_home
-from transforms.elements import DeadLetter, FaceChunk, ScoredChunk, chunk_failure
+from core.elements import FaceChunk, ScoredChunk
 
 CROP_SIZE = 64
 # TF Lite batch (inputs are padded to it). On 236 crops of the benchmark clip, 2 threads, batch 8-16
@@ -206,7 +207,8 @@ def compiled_tflite(keras_path: str, keras_sha256: str, tolerance: float = 1e-4,
 
 
 class EmotionModelHandler(ModelHandler[FaceChunk, ScoredChunk, Any]):
-    """RunInference handler: FaceChunk -> ScoredChunk with one probability row per face.
+    """RunInference handler: FaceChunk -> ScoredChunk with one probability row per face; batches are
+    lists of chunks (RunInference's batching is off: a chunk already batches its faces).
 
     ``embedding``: load the two-output model instead and fill ``ScoredChunk.embedding``
     (float32[m, 128] for the Mini-Xception) from the same forward pass. Off by default: the
@@ -245,21 +247,21 @@ class EmotionModelHandler(ModelHandler[FaceChunk, ScoredChunk, Any]):
                              f"lists {len(self._labels)} labels")
         return model
 
-    def run_inference(self, batch: FaceChunk, model, inference_args: Optional[dict[str, Any]] = None
-                      ) -> Iterable[ScoredChunk | DeadLetter]:
-        """One chunk -> its ScoredChunk, or a DeadLetter (stage ``emotion``) when the model fails on
-        it: one bad chunk fails its video, not the run."""
-        try:
-            probs, embedding = score_crops(model, batch.crops, self._max_batch)
-            return [ScoredChunk(batch, probs, self._labels, embedding=embedding)]
-        except Exception as exc:  # noqa: BLE001 - recorded as data
-            return [chunk_failure(batch, "emotion", exc)]
+    def run_inference(self, batch: Sequence[FaceChunk], model, inference_args: Optional[dict[str, Any]] = None
+                      ) -> Iterable[ScoredChunk]:
+        """Each chunk of the batch -> its ScoredChunk. A failure raises: RunInference's exception
+        handling turns the batch into dead letters (stage ``emotion``) for its video only."""
+        scored = []
+        for chunk in batch:
+            probs, embedding = score_crops(model, chunk.crops, self._max_batch)
+            scored.append(ScoredChunk(chunk, probs, self._labels, embedding=embedding))
+        return scored
 
     def should_skip_batching(self) -> bool:
         return True
 
-    def get_num_bytes(self, batch: FaceChunk) -> int:
-        return int(batch.crops.nbytes)
+    def get_num_bytes(self, batch: Sequence[FaceChunk]) -> int:
+        return int(sum(chunk.crops.nbytes for chunk in batch))
 
     def get_metrics_namespace(self) -> str:
         return "affectflow_emotion"

@@ -121,11 +121,11 @@ REGISTRY: dict[str, ModelSpec] = {
             name="emfacs_rules",
             kind="rule",
             description="Rule-based, not a trained model: EMFACS-7 prototypes (Friesen & Ekman 1983) scored on "
-                        "OpenFace AU intensities (pipelines.ingest.emfacs_probabilities); used by affectflow ingest openface",
+                        "OpenFace AU intensities (models.emfacs); used by affectflow ingest openface",
             files={},
             input_contract="OpenFace 2.0 AU intensities AU01_r..AU45_r, 0-5 (no image input)",
             labels=FER2013_LABELS,
-            licence="affectflow (the rule is code in pipelines/ingest.py)",
+            licence="affectflow (the rule is code in models/emfacs.py)",
         ),
     ]
 }

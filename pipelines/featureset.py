@@ -4,7 +4,7 @@
     keys, x, names = feature_matrix("out/run")             # the run's configured set
     keys, x, names = feature_matrix("out/run", "appearance")
 
-Feature sets (schemas.tables.feature_set_columns gives the columns, in this order):
+Feature sets (schemas.features.feature_set_columns gives the columns, in this order):
 
 * ``appearance``: the FACS-named geometric measures ``geo_*`` (schema order), or for a table
   ingested from OpenFace / py-feat that tool's AU intensities;
@@ -30,7 +30,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from schemas.tables import PARTITION_COLUMN, feature_set_columns
+from schemas.columns import PARTITION_COLUMN
+from schemas.features import feature_set_columns
 
 KEY_COLUMNS = ("frame_index", "face_index", "timestamp_s")
 

@@ -18,14 +18,14 @@ from __future__ import annotations
 from typing import Sequence
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.compute as pc
 
 METRICS = ("accuracy", "macro_f1", "uar")
 
 
 def encode(values, vocabulary: Sequence[str]) -> np.ndarray:
     """int64[n] position of each value in ``vocabulary``; -1 for null or a value not in it."""
+    import pyarrow as pa            # here, not at the top: the command line's parser imports this module
+    import pyarrow.compute as pc
     arr = values if isinstance(values, (pa.Array, pa.ChunkedArray)) else pa.array(np.asarray(values, dtype=object),
                                                                                    type=pa.string())
     codes = pc.index_in(arr, value_set=pa.array(list(vocabulary), type=pa.string()))

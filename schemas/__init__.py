@@ -1,2 +1,6 @@
-"""Output table schemas: the single source of truth for Parquet, validation and docs."""
-from schemas.tables import *  # noqa: F401,F403
+"""Output table schemas: the single source of truth for Parquet, validation and docs.
+
+columns (shared rules), frames, features (optional frame column groups), external (ingested
+tools' columns), videos (video table and dead letters). Nothing here imports the rest of
+affectflow.
+"""

@@ -1,6 +1,6 @@
 """Frame-table columns of tables ingested from other tools' output (`affectflow ingest`).
 
-Two feature groups (schemas.tables.FEATURE_GROUPS), each the tool's own per-face columns,
+Two feature groups (schemas.features.FEATURE_GROUPS), each the tool's own per-face columns,
 renamed to lowercase snake_case; the tool's face box and detector score go to the core
 ``box_*`` / ``detector_score`` columns, its frame number and time to ``frame_index`` /
 ``timestamp_s`` (pipelines.ingest says how).
@@ -16,7 +16,7 @@ renamed to lowercase snake_case; the tool's face box and detector score go to th
   ``xgb`` AU model), emotion columns ``anger``.. -> ``pyfeat_anger``.. (its 7 emotions,
   as py-feat wrote them), head pose ``Pitch Roll Yaw`` -> ``pyfeat_pitch`` ...
 
-Every column is nullable: null on a row without a face (schemas.tables' face rule), and
+Every column is nullable: null on a row without a face (schemas.frames' face rule), and
 null where the tool was not asked for that output (OpenFace ``-aus`` / ``-pose`` / ``-gaze``
 switches). Two columns break the face rule on purpose: ``of_confidence`` and ``of_success``
 describe OpenFace's tracking attempt in every frame, the failed ones included
@@ -28,7 +28,7 @@ from typing import Sequence
 
 import pyarrow as pa
 
-from schemas.tables import Column
+from schemas.columns import Column
 
 OPENFACE = "openface"
 PYFEAT = "pyfeat"

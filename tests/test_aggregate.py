@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from models.registry import FER2013_LABELS
-from schemas.tables import video_columns
-from transforms.aggregate import AggregationSettings, apply_methods, video_labels
+from schemas.videos import video_columns
+from models.aggregation import AggregationSettings, apply_methods, video_labels
 
 LABELS = FER2013_LABELS
 BROAD = ("negative", "positive", "neutral")
@@ -329,16 +329,16 @@ def test_settings_reject_unknown_fallback():
 
 def test_settings_reject_missing_neutral_label():
     """The neutral label must be one of the labels."""
-    with pytest.raises(ValueError, match="neutral label 'calm' is not among the labels"):
+    with pytest.raises(ValueError, match="aggregate.neutral_label = 'calm' is not among the labels"):
         AggregationSettings(labels=LABELS, neutral_label="calm")
-    with pytest.raises(ValueError, match="neutral label 'neutral' is not among the labels"):
+    with pytest.raises(ValueError, match="aggregate.neutral_label = 'neutral' is not among the labels"):
         AggregationSettings(labels=LABELS16, broad_map=BROAD16)
 
 
 def test_settings_reject_unmapped_label():
     """Every label needs a broad label."""
     broad = {k: v for k, v in BROAD16.items() if k != "boredom"}
-    with pytest.raises(ValueError, match=r"broad_map does not map labels \['boredom'\]"):
+    with pytest.raises(ValueError, match=r"aggregate.broad_map does not map the labels \['boredom'\]"):
         AggregationSettings(labels=LABELS16, neutral_label="calm", broad_map=broad)
-    with pytest.raises(ValueError, match=r"broad_map does not map labels \['joy', 'amusement'"):
+    with pytest.raises(ValueError, match=r"aggregate.broad_map does not map the labels \['joy', 'amusement'"):
         AggregationSettings(labels=LABELS16, neutral_label="calm")     # the default 7-label map

@@ -2,23 +2,11 @@
 from __future__ import annotations
 
 import apache_beam as beam
-import pytest
 from apache_beam.runners.worker import statesampler
 from apache_beam.testing.util import assert_that, equal_to
 
-from pipelines.beam_runtime import shorten_state_sampling
+from pipelines.beam_runtime import short_state_sampling
 from tests.beam_options import local_pipeline
-
-
-@pytest.fixture
-def sampler_default():
-    """Beam's own default during the test, whatever ran before (any execute() shortens it for the
-    whole process), and the previous setting after it."""
-    init = statesampler.StateSampler.__init__
-    saved = init.__defaults__
-    init.__defaults__ = (*saved[:-1], statesampler.DEFAULT_SAMPLING_PERIOD_MS)
-    yield
-    init.__defaults__ = saved
 
 
 class _SamplingPeriod(beam.DoFn):
@@ -33,17 +21,29 @@ def _periods_seen_by_bundles(expected):
         assert_that(p | beam.Create([1, 2, 3]) | beam.ParDo(_SamplingPeriod()), equal_to(expected))
 
 
-def test_bundles_sample_every_10_ms_once_shortened(sampler_default):
+def test_bundles_sample_every_10_ms_while_shortened_and_beams_default_comes_back():
     assert statesampler.DEFAULT_SAMPLING_PERIOD_MS == 200
     _periods_seen_by_bundles([200, 200, 200])           # Beam's default: a bundle's end may wait 200 ms
-    assert shorten_state_sampling(10) is True
-    _periods_seen_by_bundles([10, 10, 10])
+    with short_state_sampling(10) as applied:
+        assert applied is True
+        _periods_seen_by_bundles([10, 10, 10])
+    _periods_seen_by_bundles([200, 200, 200])           # restored for whatever runs next in the process
 
 
-def test_another_beam_sampler_signature_is_left_alone(sampler_default, monkeypatch):
+def test_the_default_comes_back_when_the_run_fails():
+    try:
+        with short_state_sampling(10):
+            raise RuntimeError("the run failed")
+    except RuntimeError:
+        pass
+    assert statesampler.StateSampler.__init__.__defaults__[-1] == statesampler.DEFAULT_SAMPLING_PERIOD_MS
+
+
+def test_another_beam_sampler_signature_is_left_alone(monkeypatch):
     class OtherSampler:
         def __init__(self, prefix, counter_factory):
             pass
     monkeypatch.setattr(statesampler, "StateSampler", OtherSampler)
-    assert shorten_state_sampling(10) is False
+    with short_state_sampling(10) as applied:
+        assert applied is False
     assert OtherSampler.__init__.__defaults__ is None

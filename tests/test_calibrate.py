@@ -23,17 +23,23 @@ from sklearn.metrics import accuracy_score, balanced_accuracy_score, confusion_m
 
 from models.registry import FER2013_LABELS
 from pipelines import cli
-from pipelines.calibrate import (assign_folds, calibrate_counts, count_frame_labels, parse_label_map,
-                                 parse_thresholds, pivot_counts, setting_truth, write_calibration)
-from pipelines.calibration_report import FIGURES, PAPER_COLUMNS
+from pipelines.cli.parser import build_parser
+from pipelines.calibration.folds import assign_folds, parse_thresholds
+from pipelines.calibration.job import calibrate_counts, setting_truth, write_calibration
+from pipelines.calibration.counts import count_frame_labels, pivot_counts
+from pipelines.calibration.labels import parse_label_map
+from pipelines.calibration.report import FIGURES, PAPER_COLUMNS
 from pipelines.config import DEFAULT_CONFIG, load_config
 from pipelines.extract import aggregation_settings
 from pipelines.metrics import confusion_matrices, encode, per_class_f1, scores, summary
-from pipelines.outputs import read_table
+from pipelines.output.layout import read_table
 from pipelines.reaggregate import label_counts
-from schemas.tables import frame_schema, prob_column, video_schema
-from transforms.aggregate import DEFAULT_BROAD_MAP, AggregationSettings, apply_methods, video_labels
-from transforms.write import partition_dir, records_table, write_parquet
+from schemas.frames import frame_schema
+from schemas.columns import prob_column
+from schemas.videos import video_schema
+from core.settings import DEFAULT_BROAD_MAP
+from models.aggregation import AggregationSettings, apply_methods, video_labels
+from transforms.parquet import partition_dir, records_table, write_parquet
 
 LABELS = FER2013_LABELS                      # angry, disgust, fear, happy, sad, surprise, neutral
 SETTINGS_7 = AggregationSettings(labels=LABELS)
@@ -242,7 +248,7 @@ def test_best_threshold_known_by_construction():
         assert 0.10 < s["paper_style"]["threshold"] <= 0.30
         assert all(0.10 < t <= 0.30 for t in s["cross_validated"]["fold_thresholds"])
         assert s["cross_validated"]["mean_over_folds"]["accuracy"] == 1.0
-        assert s["cv_scheme"] == "stratified by true label"
+        assert s["cv_scheme"] == "by video, stratified by true label"
     specific = cal.report["settings"]["specific"]
     assert specific["top1"]["pooled"]["accuracy"] == pytest.approx(np.mean(true == "neutral"))
     assert cal.report["fitted"] == {"setting": "specific", "threshold": specific["fitted"]["threshold"],
@@ -360,7 +366,7 @@ def test_calibrate_cli_report_and_fragment_round_trip(tmp_path, capsys):
     assert report["videos"]["unlabelled"] == 1 and report["videos"]["labelled"] == 50
     assert report["label_map"] == {"happiness": "happy", "sadness": "sad"}
     specific = report["settings"]["specific"]
-    assert specific["n_videos"] == 48 and specific["cv_scheme"] == "grouped by subject_id"
+    assert specific["n_videos"] == 48 and specific["cv_scheme"] == "grouped by subject_id, stratified by true label"
     assert specific["groups"] == 12
     assert specific["cross_validated"]["mean_over_folds"]["accuracy"] == 1.0
     threshold, fallback = report["fitted"]["threshold"], report["fitted"]["fallback"]
@@ -388,7 +394,7 @@ def test_calibrate_cli_report_and_fragment_round_trip(tmp_path, capsys):
     fragment = report_dir / "threshold.yaml"
     fitted = {"job": {"aggregate": {"threshold": threshold, "fallback": fallback}}}
     assert yaml.safe_load(fragment.read_text()) == fitted
-    args = cli._parser().parse_args(["run", "--input", "x.csv", "--output", str(out),
+    args = build_parser("").parse_args(["run", "--input", "x.csv", "--output", str(out),
                                      "--config", str(DEFAULT_CONFIG), "--config", str(fragment)])
     config = load_config(args.config, {"input": args.input, "output": args.output}, args.set)
     assert (config.job.aggregate.threshold, config.job.aggregate.fallback) == (threshold, fallback)

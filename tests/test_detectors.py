@@ -7,7 +7,7 @@ import pytest
 from models.face_detectors import Detections, build_detector, ssd_anchors, weighted_nms
 from models.registry import REGISTRY, resolve
 from tests import media
-from transforms.faces import crop_face
+from transforms.crops import crop_face
 
 DETECTORS = sorted(name for name, spec in REGISTRY.items() if spec.kind == "face_detector")
 

@@ -11,8 +11,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from transforms.discover import InputError, _glob_base, discover, make_video_id, read_manifest
-from transforms.elements import VideoInput
+from core.errors import InputError
+from pipelines.inputs import discover, glob_base as _glob_base, make_video_id, read_manifest
+from core.elements import VideoInput
 
 
 def touch(root, *relatives):

@@ -1,13 +1,13 @@
-"""The README's generated parts and commands stay true to the code."""
+"""The generated reference pages and the README's commands stay true to the code."""
 from pathlib import Path
 
-from schemas import docs
+from pipelines import docs
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def test_readme_column_reference_is_generated_from_schemas():
-    assert docs.main(["--check", str(ROOT / "README.md")]) == 0
+def test_reference_pages_are_generated_from_schemas_and_settings():
+    assert docs.main(["--check", str(ROOT / "docs")]) == 0
 
 
 def test_ci_runs_the_readme_test_command():

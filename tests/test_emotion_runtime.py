@@ -4,7 +4,7 @@ import pytest
 
 from models.emotion import EmotionModelHandler, compiled_tflite, predict_probabilities
 from tests import media
-from transforms.faces import crop_face
+from transforms.crops import crop_face
 from models.face_detectors import build_detector
 from models.registry import resolve
 

@@ -14,10 +14,12 @@ import pytest
 from models.registry import FER2013_LABELS
 from pipelines.config import load_config
 from pipelines.extract import execute
-from pipelines.outputs import read_table
+from pipelines.output.layout import read_table
 from pipelines.reaggregate import reaggregate
 from pipelines.extract import aggregation_settings
-from schemas.tables import dead_letter_schema, file_schema, frame_schema, prob_column, video_schema
+from schemas.videos import dead_letter_schema, video_schema
+from schemas.columns import file_schema, prob_column
+from schemas.frames import frame_schema
 from tests import media
 
 PROBS = [prob_column(l) for l in FER2013_LABELS]

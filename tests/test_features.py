@@ -13,10 +13,10 @@ from models.registry import resolve
 from pipelines.config import load_config
 from pipelines.extract import execute
 from pipelines.featureset import feature_matrix
-from pipelines.outputs import read_table
+from pipelines.output.layout import read_table
 from pipelines.samples import fetch_samples
-from schemas.tables import FEATURE_GROUPS, N_LANDMARK_VALUES, feature_columns
-from transforms.geometry import FEATURE_NAMES, geometric_features
+from schemas.features import FEATURE_GROUPS, N_LANDMARK_VALUES, feature_columns
+from models.geometry import FEATURE_NAMES, geometric_features
 
 
 @pytest.fixture(scope="module")
@@ -117,7 +117,7 @@ def test_pipeline_writes_feature_groups(tmp_path, single_face, samples_dir):
     assert manifest["validation"]["valid"] is True, manifest["validation"]
     import pyarrow as pa
     import pyarrow.parquet as pq
-    from pipelines.validate import validate_output
+    from pipelines.validation.job import validate_output
     path = sorted((tmp_path / "out" / "frames").glob("video_id=s-*/*.parquet"))[0]
     table = pq.read_table(path)
     points = table.column("landmarks").to_pylist()

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from pipelines import outputs
+from pipelines.output import commit as outputs
 from pipelines.config import load_config
 from pipelines.extract import execute
-from pipelines.outputs import read_table
+from pipelines.output.layout import read_table
 from tests import media
 
 
@@ -88,7 +88,7 @@ def test_settings_of_steps_that_are_off_do_not_force_a_rerun(archive, tmp_path):
 def test_a_run_that_would_mix_frame_schemas_is_refused(archive, tmp_path):
     """Other feature groups over part of an output would leave two frame schemas in it: refused
     with a message naming the folder; over every video already there it goes ahead."""
-    from pipelines.config import ConfigError
+    from core.errors import ConfigError
     out = tmp_path / "out"
     _run(archive, out)
     with pytest.raises(ConfigError, match="would mix two schemas"):

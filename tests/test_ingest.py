@@ -19,14 +19,18 @@ import pytest
 from models.registry import FER2013_LABELS, REGISTRY
 from pipelines.cli import main
 from pipelines.config import load_config
-from pipelines.ingest import (EMFACS_MODEL, emfacs_probabilities, execute_ingest, frame_rows, label_index,
-                              pyfeat_rows)
-from pipelines.outputs import read_table
+from pipelines.ingest.job import EMFACS_MODEL, execute_ingest
+from models.emfacs import emfacs_probabilities
+from pipelines.ingest.frames import frame_rows, label_index
+from pipelines.ingest.pyfeat import pyfeat_rows
+from pipelines.output.layout import read_table
 from pipelines.reaggregate import reaggregate
-from pipelines.validate import validate_output
+from pipelines.validation.job import validate_output
 from schemas.external import OPENFACE_INTENSITY_AUS, OPENFACE_PRESENCE_AUS, PYFEAT_AUS, PYFEAT_EMOTIONS
-from schemas.tables import PARTITION_COLUMN, feature_set_columns, frame_schema, prob_column
-from transforms.aggregate import AggregationSettings
+from schemas.columns import PARTITION_COLUMN, prob_column
+from schemas.features import feature_set_columns
+from schemas.frames import frame_schema
+from models.aggregation import AggregationSettings
 
 # --- OpenFace 2.0 ------------------------------------------------------------------------------
 

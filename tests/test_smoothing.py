@@ -11,12 +11,15 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipelines import cli
-from pipelines.config import ConfigError, load_config
+from pipelines.cli.summary import EXIT_INVALID
+from core.errors import ConfigError
+from pipelines.config import load_config
 from pipelines.extract import execute
-from pipelines.outputs import read_table
-from pipelines.validate import validate_output
-from schemas.tables import feature_set_columns, prob_column, smooth_column
-from transforms.geometry import describe
+from pipelines.output.layout import read_table
+from pipelines.validation.job import validate_output
+from schemas.features import GEOMETRY_MEASURES, feature_set_columns
+from schemas.columns import prob_column, smooth_column
+pass
 from transforms.series import SeriesSettings, neutral_baseline, smooth_series
 
 LABELS = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
@@ -37,12 +40,12 @@ def test_ema_follows_its_recurrence_and_window_one_is_identity():
 
 
 @pytest.mark.parametrize("sets, message", [
-    (["features.smoothing.method=median"], "smoothing.method must be one of"),
-    (["features.smoothing.method=window", "features.smoothing.window=4"], "odd number"),
-    (["features.smoothing.alpha=0"], "alpha must be in"),
-    (["features.feature_set=appearance"], "needs features.geometry"),
-    (["features.feature_set=deep"], "needs features.embedding or features.resnet50"),
-    (["features.feature_set=texture"], "feature_set must be one of"),
+    (["features.smoothing.method=median"], "features.smoothing.method = 'median': Input should be 'none', 'window'"),
+    (["features.smoothing.method=window", "features.smoothing.window=4"], "features.smoothing.window = 4: must be odd"),
+    (["features.smoothing.alpha=0"], "features.smoothing.alpha = 0: Input should be greater than 0"),
+    (["features.feature_set=appearance"], "feature_set=appearance needs geometry: true"),
+    (["features.feature_set=deep"], "feature_set=deep needs embedding or resnet50: true"),
+    (["features.feature_set=texture"], "features.feature_set = 'texture': Input should be 'none', 'appearance'"),
 ])
 def test_bad_feature_settings_are_config_errors(sets, message):
     with pytest.raises(ConfigError, match=message):
@@ -50,7 +53,7 @@ def test_bad_feature_settings_are_config_errors(sets, message):
 
 
 def test_feature_set_columns_follow_the_documented_order():
-    geo = list(describe())
+    geo = list(GEOMETRY_MEASURES)
     assert feature_set_columns("appearance", ["landmarks", "geometry"]) == geo
     assert feature_set_columns("deep", ["embedding", "resnet50"]) == ["emb_mini_xception", "resnet50"]
     assert feature_set_columns("both", ["geometry", "resnet50"]) == geo + ["resnet50"]
@@ -122,7 +125,7 @@ def test_run_validates_its_output_and_a_critical_failure_exits_4(tmp_path, singl
                      "--set", "progress=false", "--set", "validation.min_face_coverage_fail=0.9"])
     printed = capsys.readouterr().out
     manifest = json.loads((out / "run_manifest.json").read_text())
-    assert code == cli.EXIT_INVALID and "INVALID" in printed and "face_coverage" in printed
+    assert code == EXIT_INVALID and "INVALID" in printed and "face_coverage" in printed
     assert manifest["validation"]["valid"] is False
     assert manifest["validation"]["failed"][0]["table"] == "videos"
 
@@ -141,7 +144,7 @@ def test_neutral_baseline_is_the_median_of_neutral_rows_or_nothing():
     assert np.isnan(neutral_baseline(values, neutral, 4)).all()          # too few: none, not invented
     assert (load_config(sets=["features.geometry=true", "features.geometry_baseline=true"])
             .job.features.geometry_baseline)
-    with pytest.raises(ConfigError, match="geometry_baseline needs features.geometry"):
+    with pytest.raises(ConfigError, match="geometry_baseline needs geometry: true"):
         load_config(sets=["features.geometry_baseline=true"])
 
 
@@ -155,7 +158,7 @@ def test_pipeline_writes_geometry_relative_to_each_videos_neutral_frames(tmp_pat
                                     "features.baseline_min_frames=10", "decode.chunk_frames=16"]))
     assert manifest["frame_feature_groups"] == ["geometry", "baseline"] and manifest["validation"]["valid"]
     frames = read_table(str(out), "frames").to_pandas()
-    geo = list(describe())
+    geo = list(GEOMETRY_MEASURES)
     rel = [f"{g}_rel" for g in geo]
     with_baseline = 0
     for video_id, rows in frames[frames.face_index == 0].groupby("video_id", observed=True):
@@ -245,7 +248,7 @@ def test_a_series_failure_fails_its_video_keeps_one_schema_and_is_retried(tmp_pa
 
 def test_a_validation_that_cannot_complete_marks_the_run_invalid(tmp_path, single_face, monkeypatch, capsys):
     """The data is committed; the verdict is 'not valid' in both manifests and the exit code is 4."""
-    import pipelines.validate as validate
+    import pipelines.validation.job as validate
 
     def broken(*args, **kwargs):
         raise RuntimeError("duckdb went away")
@@ -254,7 +257,7 @@ def test_a_validation_that_cannot_complete_marks_the_run_invalid(tmp_path, singl
     shutil.copy(single_face, tmp_path / "s.mp4")
     out = tmp_path / "out"
     code = cli.main(["run", "--input", str(tmp_path / "s.mp4"), "--output", str(out), "--set", "progress=false"])
-    assert code == cli.EXIT_INVALID and "could not complete: RuntimeError: duckdb went away" in capsys.readouterr().out
+    assert code == EXIT_INVALID and "could not complete: RuntimeError: duckdb went away" in capsys.readouterr().out
     manifest = json.loads((out / "run_manifest.json").read_text())
     kept = json.loads((out / "runs" / manifest["run_id"] / "run_manifest.json").read_text())
     assert manifest["validation"]["valid"] is False and kept["validation"] == manifest["validation"]

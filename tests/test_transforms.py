@@ -19,17 +19,21 @@ from apache_beam.testing.util import BeamAssertException, assert_that, equal_to
 
 from models.emotion import CROP_SIZE
 from models.registry import FER2013_LABELS
-from schemas.tables import frame_schema, prob_column
+from schemas.frames import frame_schema
+from schemas.columns import prob_column
 from tests import media
-from transforms.aggregate import LABEL_COLUMNS_NULLED_WHEN_FAILED, AggregationSettings
+from models.aggregation import AggregationSettings, LABEL_COLUMNS_NULLED_WHEN_FAILED
 from transforms.decode import hash_file, is_sampled, iter_frames, probe_container, segment_bounds
-from transforms.discover import ProbeVideos, SplitIntoWorkUnits, split_errors, work_units
-from transforms.elements import (ChunkSummary, ContentHash, DeadLetter, FaceChunk, ScoredChunk, VideoInfo, VideoInput,
-                                 WorkUnit)
+from transforms.probe import ProbeVideos
+from transforms.segments import SplitIntoWorkUnits, work_units
+from core.elements import (ChunkSummary, ContentHash, DeadLetter, FaceChunk, PlannedVideo, ScoredChunk, VideoInfo,
+                           VideoInput, VideoOutcome, WorkUnit)
+from core.settings import DecodeConfig, EmotionConfig, FacesConfig, FeaturesConfig
+from transforms.crops import crop_face
 from transforms.emotions import ScoreEmotions
-from transforms.faces import ExtractFaces, crop_face
-from transforms.videos import AggregateVideos, VideoOutcome
-from transforms.write import WriteFrames
+from transforms.faces import ExtractFaces
+from transforms.frames import WriteFrames
+from transforms.videos import CollectVideoResults, WriteVideoRows
 
 LABELS = FER2013_LABELS
 
@@ -88,6 +92,22 @@ def empty_chunk(video_id: str, chunk_index: int) -> FaceChunk:
         crops=np.zeros((0, CROP_SIZE, CROP_SIZE), np.uint8))
 
 
+def extract_faces(chunk_frames: int = 1024, **faces) -> ExtractFaces:
+    """ExtractFaces with the default settings but for ``chunk_frames`` and the given faces.* keys."""
+    return ExtractFaces(DecodeConfig(chunk_frames=chunk_frames), FacesConfig(**faces), FeaturesConfig())
+
+
+def write_video_rows(p, root: str, inputs, *, infos=(), summaries=(), failures=(), run_id: str = "run-1"):
+    """The per-video stages on literal elements: CollectVideoResults, then WriteVideoRows."""
+    def create(name, items):
+        return p | name >> beam.Create(list(items))
+    results = ({"inputs": create("Inputs", inputs), "infos": create("Infos", infos),
+                "unchanged": create("Unchanged", []), "content_hashes": create("Hashes", []),
+                "summaries": create("Summaries", summaries), "dead_letters": create("Failures", failures)}
+               | CollectVideoResults())
+    return results | WriteVideoRows(root, AggregationSettings(LABELS), run_id)
+
+
 def frames_by_index(chunks):
     """{frame_index: faces_in_frame} over every FaceChunk of a unit."""
     return {int(i): int(n) for c in chunks for i, n in zip(c.frame_index, c.faces_in_frame)}
@@ -118,14 +138,15 @@ def test_probe_videos_reads_container_and_dead_letters_bad_files(single_face, tm
         return problems
 
     p = local_pipeline()
-    probed = (p
-              | beam.Create([good, VideoInput("empty", str(empty)), VideoInput("noise", str(noise))])
-              | ProbeVideos(segment_seconds=None))
-    infos, dead = split_errors(probed, "Probe")
+    planned = [PlannedVideo(good), PlannedVideo(VideoInput("empty", str(empty))),
+               PlannedVideo(VideoInput("noise", str(noise)))]
+    probed = p | beam.Create(planned) | ProbeVideos(segment_seconds=None)
     hashes = [ContentHash("empty", hashlib.sha256(b"").hexdigest(), 0),
               ContentHash("noise", hashlib.sha256(noise.read_bytes()).hexdigest(), noise.stat().st_size)]
-    assert_that(infos, equal_to([expected] + hashes), label="ProbedInfo")   # unprobeable bytes keep their hash
-    assert_that(dead, check(dead_letters_are_clear), label="ProbeDeadLetters")
+    assert_that(probed.infos, equal_to([expected]), label="ProbedInfo")
+    assert_that(probed.content_hashes, equal_to(hashes), label="Hashes")     # unprobeable bytes keep their hash
+    assert_that(probed.unchanged, equal_to([]), label="Unchanged")
+    assert_that(probed.dead_letters, check(dead_letters_are_clear), label="ProbeDeadLetters")
     result = p.run()
     result.wait_until_finish()
     assert counter(result, "failed_probes") == 2
@@ -134,8 +155,8 @@ def test_probe_videos_reads_container_and_dead_letters_bad_files(single_face, tm
 def test_probe_videos_plans_segments(wolfgang):
     # 472 frames at 23.976 fps; 5 s segments are at most round(119.88) = 120 frames -> 4 equal units of 118.
     with local_pipeline() as p:
-        probed = p | beam.Create([VideoInput("wolf", str(wolfgang))]) | ProbeVideos(segment_seconds=5.0)
-        assert_that(probed | beam.Map(lambda i: (i.frame_count_header, i.segment_frames, i.segments)),
+        probed = p | beam.Create([PlannedVideo(VideoInput("wolf", str(wolfgang)))]) | ProbeVideos(segment_seconds=5.0)
+        assert_that(probed.infos | beam.Map(lambda i: (i.frame_count_header, i.segment_frames, i.segments)),
                     equal_to([(472, 118, 4)]))
 
 
@@ -149,7 +170,8 @@ def test_split_into_work_units_last_unit_runs_to_end():
 
 def test_work_units_single_segment_is_whole_file():
     info = literal_info("v", frame_count_header=25, segment_frames=25, segments=1)
-    assert [(u.key, u.start_frame, u.end_frame) for u in work_units(info)] == [(("v", 0), 0, None)]
+    assert [(u.video.video_id, u.segment_index, u.start_frame, u.end_frame) for u in work_units(info)] == [
+        ("v", 0, 0, None)]
 
 
 # --- decode --------------------------------------------------------------------------------
@@ -254,9 +276,9 @@ def test_extract_faces_on_single_face_clip(single_face):
         return problems
 
     p = local_pipeline()
-    chunks = (p | beam.Create(list(work_units(info)))
-              | ExtractFaces(detector="blazeface_short", chunk_frames=32))
-    assert_that(chunks, check(faces_everywhere))
+    faces = p | beam.Create(list(work_units(info))) | extract_faces(chunk_frames=32, detector="blazeface_short")
+    assert_that(faces.values, check(faces_everywhere))
+    assert_that(faces.dead_letters, equal_to([]), label="NoDeadLetters")
     result = p.run()
     result.wait_until_finish()
     assert counter(result, "frames_decoded") == 72
@@ -266,7 +288,7 @@ def test_extract_faces_on_single_face_clip(single_face):
 def test_extract_faces_flags_an_empty_last_chunk_when_chunks_divide_the_unit(single_face):
     info = probed_info(single_face, "single")
     with local_pipeline() as p:
-        chunks = p | beam.Create(list(work_units(info))) | ExtractFaces(chunk_frames=36)
+        chunks = (p | beam.Create(list(work_units(info))) | extract_faces(chunk_frames=36)).values
         assert_that(chunks | beam.Map(lambda c: (c.chunk_index, len(c.frame_index), c.frames_decoded, c.last,
                                                  c.crops.shape)),
                     equal_to([(0, 36, 36, False, (36, 64, 64)), (1, 36, 36, False, (36, 64, 64)),
@@ -288,7 +310,7 @@ def test_extract_faces_no_face_video_gives_frames_without_crops(tmp_path):
         return problems
 
     with local_pipeline() as p:
-        chunks = p | beam.Create(list(work_units(info))) | ExtractFaces(chunk_frames=64)
+        chunks = (p | beam.Create(list(work_units(info))) | extract_faces(chunk_frames=64)).values
         assert_that(chunks, check(no_faces))
 
 
@@ -313,7 +335,7 @@ def test_extract_faces_face_appears_then_disappears(single_face, tmp_path):
         return problems
 
     with local_pipeline() as p:
-        chunks = p | beam.Create(list(work_units(info))) | ExtractFaces(chunk_frames=4)
+        chunks = (p | beam.Create(list(work_units(info))) | extract_faces(chunk_frames=4)).values
         assert_that(chunks, check(faces_in_the_middle))
 
 
@@ -342,7 +364,7 @@ def test_extract_faces_keeps_every_face_when_asked(two_faces_video):
         return problems
 
     with local_pipeline() as p:
-        chunks = p | beam.Create(list(work_units(info))) | ExtractFaces(keep_all_faces=True)
+        chunks = (p | beam.Create(list(work_units(info))) | extract_faces(keep_all_faces=True)).values
         assert_that(chunks, check(two_faces_each))
 
 
@@ -359,7 +381,7 @@ def test_extract_faces_counts_every_detected_face_when_keeping_only_the_primary(
         return problems
 
     with local_pipeline() as p:
-        chunks = p | beam.Create(list(work_units(info))) | ExtractFaces(keep_all_faces=False)
+        chunks = (p | beam.Create(list(work_units(info))) | extract_faces(keep_all_faces=False)).values
         assert_that(chunks, check(primary_only_but_two_counted))
 
 
@@ -403,8 +425,9 @@ def test_score_emotions_gives_probabilities(single_face_crops):
         return problems
 
     with local_pipeline() as p:
-        scored = p | beam.Create(chunks) | ScoreEmotions("fer_mini_xception")
-        assert_that(scored, check(probabilities))
+        scored = p | beam.Create(chunks) | ScoreEmotions(EmotionConfig())
+        assert_that(scored.values, check(probabilities))
+        assert_that(scored.dead_letters, equal_to([]), label="NoDeadLetters")
 
 
 def test_score_emotions_batch_size_does_not_change_results(single_face_crops):
@@ -423,8 +446,7 @@ def test_score_emotions_batch_size_does_not_change_results(single_face_crops):
     with local_pipeline() as p:
         faces = p | beam.Create(chunks)
         by_batch = {
-            name: (faces
-                   | f"Score{name}" >> ScoreEmotions("fer_mini_xception", max_batch=size)
+            name: ((faces | f"Score{name}" >> ScoreEmotions(EmotionConfig(max_batch=size))).values
                    | f"Key{name}" >> beam.Map(lambda s: (s.chunk.chunk_index, s.probs)))
             for name, size in (("batch4", 4), ("batch256", 256))}
         assert_that(by_batch | beam.CoGroupByKey(), check(same_probabilities))
@@ -455,9 +477,9 @@ def test_write_frames_writes_rows_with_nulls_for_faceless_frames(tmp_path):
                                     frames_sampled=3, frames_with_face=2, label_counts=(0, 0, 0, 1, 1, 0, 0),
                                     last_timestamp_s=1.4, rows_written=3)
     with local_pipeline() as p:
-        summaries = (p | beam.Create([three_frame_chunk("vid-1")])
-                     | WriteFrames(root, {"vid-1": "/videos/vid-1.mp4"}, {"affectflow.run_id": "run-7"}))
-        assert_that(summaries, equal_to([expected_summary]))
+        written = p | beam.Create([three_frame_chunk("vid-1")]) | WriteFrames(root, {"affectflow.run_id": "run-7"})
+        assert_that(written.values, equal_to([expected_summary]))
+        assert_that(written.dead_letters, equal_to([]), label="NoDeadLetters")
 
     files = sorted(f.relative_to(root).as_posix() for f in Path(root).rglob("*.parquet"))
     assert files == ["frames/video_id=vid-1/part-00000-00000.parquet"]
@@ -498,7 +520,7 @@ def test_write_frames_orders_rows_by_frame_then_face_and_counts_primary_faces(tm
         scores=np.array([0.8, 0.9, 0.95], np.float32), crops=np.zeros((3, 64, 64), np.uint8))
     scored = ScoredChunk(chunk, np.stack([SAD, HAPPY, SAD]), LABELS)
     with local_pipeline() as p:
-        summaries = p | beam.Create([scored]) | WriteFrames(root, {}, {})
+        summaries = (p | beam.Create([scored]) | WriteFrames(root, {})).values
         assert_that(summaries, equal_to([ChunkSummary("multi", 2, 1, False, 3, 3, 2, (0, 0, 0, 1, 1, 0, 0), 4.2, 4)]))
     table = pq.read_table(Path(root) / "frames" / "video_id=multi" / "part-00002-00001.parquet")
     assert [(r["frame_index"], r["face_index"], r["box_x"], r["emotion_label"]) for r in table.to_pylist()] == [
@@ -513,12 +535,12 @@ def test_write_frames_skips_the_file_for_an_empty_chunk(tmp_path):
                                   np.zeros((0, 64, 64), np.uint8)),
                         np.zeros((0, 7), np.float32), LABELS)
     with local_pipeline() as p:
-        summaries = p | beam.Create([empty]) | WriteFrames(root, {}, {})
+        summaries = (p | beam.Create([empty]) | WriteFrames(root, {})).values
         assert_that(summaries, equal_to([ChunkSummary("blank", 1, 3, True, 4, 0, 0, (0,) * 7, None, 0)]))
     assert list(Path(root).rglob("*.parquet")) == []
 
 
-# --- AggregateVideos -----------------------------------------------------------------------
+# --- CollectVideoResults, WriteVideoRows ---------------------------------------------------
 
 def summary(video_id, segment, chunk, *, last=True, decoded=10, sampled=10, with_face=0, counts=(0,) * 7,
             last_ts=0.9):
@@ -526,7 +548,7 @@ def summary(video_id, segment, chunk, *, last=True, decoded=10, sampled=10, with
                         rows_written=sampled)
 
 
-def test_aggregate_videos_statuses_errors_and_labels(tmp_path):
+def test_video_rows_statuses_errors_and_labels(tmp_path):
     root = str(tmp_path / "out")
     ok, no_face, bad, partial, short, lost = (
         VideoInput(v, f"/videos/{v}.mp4", true_label="happy" if v == "ok" else None)
@@ -549,12 +571,9 @@ def test_aggregate_videos_statuses_errors_and_labels(tmp_path):
         summary("short", 0, 0, decoded=30, sampled=30, with_face=30, counts=(0, 0, 0, 0, 30, 0, 0), last_ts=2.9),
     ]
     failures = [DeadLetter("bad", bad.path, "probe", "DecodeError", "file is empty (0 bytes)")]
-    settings = AggregationSettings(LABELS)
-
     with local_pipeline() as p:
-        outcomes = ({"inputs": p | "Inputs" >> beam.Create([ok, no_face, bad, partial, short, lost]),
-                     "results": p | "Results" >> beam.Create(infos + summaries + failures)}
-                    | AggregateVideos(root, settings, "run-1"))
+        outcomes = write_video_rows(p, root, [ok, no_face, bad, partial, short, lost], infos=infos,
+                                    summaries=summaries, failures=failures)
         assert_that(outcomes, equal_to([
             VideoOutcome("ok", "ok", 20, 10), VideoOutcome("no_face", "no_face", 10, 0),
             VideoOutcome("bad", "failed", 0, 0), VideoOutcome("partial", "failed", 18, 18),
@@ -607,13 +626,11 @@ def test_aggregate_videos_statuses_errors_and_labels(tmp_path):
     assert pq.read_table(Path(root) / "dead_letters" / "video_id=ok" / "part-00000.parquet").num_rows == 0
 
 
-def test_aggregate_videos_writes_a_dead_letter_for_every_failed_video(tmp_path):
+def test_video_rows_have_a_dead_letter_for_every_failed_video(tmp_path):
     root = str(tmp_path / "out")
     lost = VideoInput("lost", "/videos/lost.mp4")
     with local_pipeline() as p:
-        outcomes = ({"inputs": p | "Inputs" >> beam.Create([lost]),
-                     "results": p | "Results" >> beam.Create([])}
-                    | AggregateVideos(root, AggregationSettings(LABELS), "run-1"))
+        outcomes = write_video_rows(p, root, [lost])
         assert_that(outcomes, equal_to([VideoOutcome("lost", "failed", 0, 0)]))
     dead = pq.read_table(Path(root) / "dead_letters").to_pylist()
     assert [(d["video_id"], d["stage"], d["error_type"]) for d in dead] == [("lost", "aggregate", "MissingProbe")]
@@ -628,15 +645,19 @@ def test_truncated_file_is_decoded_as_far_as_it_goes_and_failed(wolfgang, tmp_pa
     decodable = sum(1 for _ in iter_frames(str(video)))
     assert 0 < decodable < 0.9 * 472
     root = str(tmp_path / "out")
-    inputs = [VideoInput("trunc", str(video))]
     with local_pipeline() as p:
-        videos = p | "Inputs" >> beam.Create(inputs)
-        probed = videos | ProbeVideos(segment_seconds=5.0)
-        chunks, extract_failures = split_errors(probed | SplitIntoWorkUnits() | ExtractFaces(chunk_frames=8),
-                                                "Extract")
-        written = chunks | ScoreEmotions() | WriteFrames(root, {"trunc": str(video)}, {})
-        outcomes = ({"inputs": videos, "results": (probed, extract_failures, written)}
-                    | AggregateVideos(root, AggregationSettings(LABELS), "run-1"))
+        planned = p | "Inputs" >> beam.Create([PlannedVideo(VideoInput("trunc", str(video)))])
+        probed = planned | ProbeVideos(segment_seconds=5.0)
+        faces = probed.infos | SplitIntoWorkUnits() | extract_faces(chunk_frames=8)
+        scored = faces.values | ScoreEmotions(EmotionConfig())
+        written = scored.values | WriteFrames(root, {})
+        results = ({"inputs": planned | beam.Map(lambda v: v.input), "infos": probed.infos,
+                    "unchanged": probed.unchanged, "content_hashes": probed.content_hashes,
+                    "summaries": written.values,
+                    "dead_letters": (probed.dead_letters, faces.dead_letters, scored.dead_letters,
+                                     written.dead_letters)}
+                   | CollectVideoResults())
+        outcomes = results | WriteVideoRows(root, AggregationSettings(LABELS), "run-1")
         assert_that(outcomes, equal_to([VideoOutcome("trunc", "failed", decodable, decodable)]))
 
     (row,) = pq.read_table(Path(root) / "videos").to_pylist()

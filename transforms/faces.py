@@ -11,65 +11,35 @@ With resnet50 on, a 224x224 RGB crop of the same square box is made here too (14
 face) and chunks are capped at DEEP_CHUNK_FRAMES sampled frames to bound that memory.
 
 Output: `FaceChunk`s (up to `chunk_frames` sampled frames each, the unit's last chunk
-flagged, an empty last chunk for a unit with no sampled frame) or one `DeadLetter` when
-the unit fails. Frames with no face stay in the chunk with `faces_in_frame == 0`.
+flagged, an empty last chunk for a unit with no sampled frame) and, when the unit fails, one
+`DeadLetter` (the frames decoded before the failure are kept). Frames with no face stay in
+the chunk with `faces_in_frame == 0`.
 """
 from __future__ import annotations
 
-from typing import Iterator, Optional, Union
+from typing import Iterator, Mapping, Optional, Union
 
 import apache_beam as beam
-import cv2
 import numpy as np
 from apache_beam.metrics import Metrics
+from apache_beam.pvalue import TaggedOutput
 
+from core.elements import DeadLetter, FaceChunk, WorkUnit
+from core.settings import DecodeConfig, FacesConfig, FeaturesConfig
 from models.deep import RESNET50_SIZE
 from models.emotion import CROP_SIZE
 from models.face_detectors import Detections, build_detector
 from models.landmarks import N_LANDMARKS, FaceMesh, MeshResult
 from models.registry import resolve
+from transforms.crops import crop_face, crop_face_rgb
+from transforms.dead_letters import DEAD_LETTERS, ParDoWithDeadLetters
 from transforms.decode import iter_frames, local_file
-from transforms.elements import DeadLetter, FaceChunk, WorkUnit
 
 
 # With resnet50 on, a chunk carries 224x224x3 crops: 147 KB a face, so the default 1024-frame
 # chunk would hold 150 MB per chunk in flight (more with keep_all_faces). 256 frames keep it
 # at 38.5 MB (one face a frame); chunks only set the frame-file size, never the rows.
 DEEP_CHUNK_FRAMES = 256
-
-
-def _square_patch(frame_bgr: np.ndarray, box: np.ndarray, margin: float) -> np.ndarray:
-    """The BGR square centred on ``box`` (x, y, w, h), side max(w, h) * (1 + margin).
-
-    Parts of the square outside the frame are filled by replicating the border, so a face
-    at the edge keeps its scale instead of being stretched.
-    """
-    x, y, w, h = (float(v) for v in box)
-    side = max(w, h) * (1.0 + margin)
-    cx, cy = x + w / 2, y + h / 2
-    x1, y1 = int(round(cx - side / 2)), int(round(cy - side / 2))
-    x2, y2 = x1 + max(int(round(side)), 1), y1 + max(int(round(side)), 1)
-    fh, fw = frame_bgr.shape[:2]
-    pad = (max(0, -y1), max(0, y2 - fh), max(0, -x1), max(0, x2 - fw))
-    patch = frame_bgr[max(y1, 0):min(y2, fh), max(x1, 0):min(x2, fw)]
-    if any(pad):
-        patch = cv2.copyMakeBorder(patch, *pad, cv2.BORDER_REPLICATE)
-    return patch
-
-
-def _resize(patch: np.ndarray, size: int) -> np.ndarray:
-    interpolation = cv2.INTER_AREA if patch.shape[0] > size else cv2.INTER_LINEAR
-    return cv2.resize(patch, (size, size), interpolation=interpolation)
-
-
-def crop_face(frame_bgr: np.ndarray, box: np.ndarray, margin: float, size: int = CROP_SIZE) -> np.ndarray:
-    """uint8[size, size] grey crop of the square around ``box`` (see _square_patch): the emotion model's input."""
-    return _resize(cv2.cvtColor(_square_patch(frame_bgr, box, margin), cv2.COLOR_BGR2GRAY), size)
-
-
-def crop_face_rgb(frame_bgr: np.ndarray, box: np.ndarray, margin: float, size: int = RESNET50_SIZE) -> np.ndarray:
-    """uint8[size, size, 3] RGB crop of the same square as crop_face: ResNet50's input."""
-    return _resize(cv2.cvtColor(_square_patch(frame_bgr, box, margin), cv2.COLOR_BGR2RGB), size)
 
 
 class _ChunkBuilder:
@@ -141,24 +111,20 @@ class _ChunkBuilder:
 
 
 class ExtractFacesFn(beam.DoFn):
-    """WorkUnit -> FaceChunk* | DeadLetter. See the module docstring."""
+    """WorkUnit -> FaceChunk* (+ TaggedOutput(DEAD_LETTERS, DeadLetter) when the unit fails). See the
+    module docstring."""
 
-    def __init__(self, detector: str, detector_path: Optional[str], min_score: float, keep_all_faces: bool,
-                 crop_margin: float, chunk_frames: int, sample_fps: Optional[float], landmarks: bool = False,
-                 mesh_path: Optional[str] = None, resnet50: bool = False, decoder_threads: int = 1):
-        self._landmarks = landmarks
-        self._decoder_threads = decoder_threads
-        self._resnet50 = resnet50
-        self._mesh_path = mesh_path
-        self._mesh = None
-        self._detector_name = detector
-        self._detector_path = detector_path
-        self._min_score = min_score
-        self._keep_all_faces = keep_all_faces
-        self._crop_margin = crop_margin
-        self._chunk_frames = min(chunk_frames, DEEP_CHUNK_FRAMES) if resnet50 else chunk_frames
-        self._sample_fps = sample_fps
+    def __init__(self, decode: DecodeConfig, faces: FacesConfig, features: FeaturesConfig,
+                 model_paths: Mapping[str, str]):
+        self._decode = decode
+        self._faces = faces
+        self._landmarks = features.needs_mesh
+        self._resnet50 = features.resnet50
+        self._detector_path = model_paths.get(faces.detector)
+        self._mesh_path = model_paths.get("face_mesh")
+        self._chunk_frames = min(decode.chunk_frames, DEEP_CHUNK_FRAMES) if features.resnet50 else decode.chunk_frames
         self._detector = None
+        self._mesh = None
         self.frames_decoded = Metrics.counter("affectflow", "frames_decoded")
         self.frames_sampled = Metrics.counter("affectflow", "frames_sampled")
         self.frames_with_face = Metrics.counter("affectflow", "frames_with_face")
@@ -166,33 +132,24 @@ class ExtractFacesFn(beam.DoFn):
 
     def setup(self):
         # One interpreter per DoFn instance: TF Lite interpreters are not thread-safe.
-        self._detector = build_detector(resolve(self._detector_name, self._detector_path), self._min_score)
+        self._detector = build_detector(resolve(self._faces.detector, self._detector_path), self._faces.min_score)
         if self._landmarks:
             self._mesh = FaceMesh(resolve("face_mesh", self._mesh_path).paths["weights"])
 
-    def process(self, unit: WorkUnit) -> Iterator[Union[FaceChunk, DeadLetter]]:
+    def process(self, unit: WorkUnit) -> Iterator[Union[FaceChunk, TaggedOutput]]:
         builder = _ChunkBuilder(unit, self._chunk_frames, with_mesh=self._mesh is not None, with_rgb=self._resnet50)
         stage = "decode"
         try:
             with local_file(unit.video.input.path) as path:
-                for frame in iter_frames(path, unit.start_frame, unit.end_frame, unit.video.fps, self._sample_fps,
-                                         self._decoder_threads):
+                for frame in iter_frames(path, unit.start_frame, unit.end_frame, unit.video.fps,
+                                         self._decode.sample_fps, self._decode.decoder_threads):
                     builder.frames_decoded += 1
                     if frame.image is None:
                         continue
                     stage = "detect"
-                    detections = self._detector.detect(frame.image)
-                    found = len(detections)
-                    if not self._keep_all_faces:
-                        detections = detections.take(slice(0, 1))
-                    crops = [crop_face(frame.image, box, self._crop_margin) for box in detections.boxes]
-                    rgb_crops = ([crop_face_rgb(frame.image, box, self._crop_margin) for box in detections.boxes]
-                                 if self._resnet50 else None)
-                    meshes = None
-                    if self._mesh is not None:
-                        stage = "landmarks"
-                        meshes = [self._mesh.landmarks(frame.image, box, detections.eyes(i))
-                                  for i, box in enumerate(detections.boxes)]
+                    found, detections, crops, rgb_crops = self._detect_and_crop(frame.image)
+                    stage = "landmarks"
+                    meshes = self._meshes(frame.image, detections)
                     builder.add(frame.index, frame.timestamp_s, found, detections, crops, frame.image.shape[:2],
                                 meshes, rgb_crops)
                     stage = "decode"
@@ -202,10 +159,27 @@ class ExtractFacesFn(beam.DoFn):
             self.failed_units.inc()
             # Frames already decoded are kept (and accounted for); the video is marked failed.
             yield self._count(builder.emit(last=True))
-            yield DeadLetter.from_exception(unit.video.video_id, unit.video.input.path, stage, exc,
-                                            unit.segment_index)
+            yield TaggedOutput(DEAD_LETTERS, DeadLetter.from_exception(
+                unit.video.video_id, unit.video.input.path, stage, exc, unit.segment_index))
             return
         yield self._count(builder.emit(last=True))
+
+    def _detect_and_crop(self, image: np.ndarray):
+        """(faces found, the kept detections (primary first), their grey crops, their RGB crops or None)."""
+        detections = self._detector.detect(image)
+        found = len(detections)
+        if not self._faces.keep_all_faces:
+            detections = detections.take(slice(0, 1))
+        margin = self._faces.crop_margin
+        crops = [crop_face(image, box, margin) for box in detections.boxes]
+        rgb_crops = [crop_face_rgb(image, box, margin) for box in detections.boxes] if self._resnet50 else None
+        return found, detections, crops, rgb_crops
+
+    def _meshes(self, image: np.ndarray, detections: Detections) -> Optional[list[MeshResult]]:
+        """The face mesh of every kept face, or None when the mesh is off."""
+        if self._mesh is None:
+            return None
+        return [self._mesh.landmarks(image, box, detections.eyes(i)) for i, box in enumerate(detections.boxes)]
 
     def _count(self, chunk: FaceChunk) -> FaceChunk:
         self.frames_decoded.inc(chunk.frames_decoded)
@@ -215,24 +189,23 @@ class ExtractFacesFn(beam.DoFn):
 
 
 class ExtractFaces(beam.PTransform):
-    """PCollection[WorkUnit] -> PCollection[FaceChunk | DeadLetter].
+    """PCollection[WorkUnit] -> Outputs(FaceChunk, DeadLetter): decode, detect, crop (and mesh).
 
-    ``resnet50``: also carry each face's 224x224 RGB crop (``FaceChunk.face_rgb``) for
-    ExtractDeepFeatures; chunks are then capped at DEEP_CHUNK_FRAMES frames.
-    ``decoder_threads``: FFmpeg threads per work unit (0: one per core; see iter_frames).
+    Settings: the job's ``decode`` (sampling, chunk size, decoder threads), ``faces`` (detector,
+    score, primary face or all, crop margin) and ``features`` (``landmarks``/``geometry`` run the
+    face mesh here; ``resnet50`` adds each face's 224x224 RGB crop and caps chunks at
+    DEEP_CHUNK_FRAMES frames) sections; ``model_paths``: the job's ``models.paths``.
 
     Example::
 
-        chunks = units | ExtractFaces(detector="blazeface_short", chunk_frames=1024)
+        faces = units | ExtractFaces(DecodeConfig(), FacesConfig(), FeaturesConfig())
+        chunks, failures = faces.values, faces.dead_letters
     """
 
-    def __init__(self, detector: str = "blazeface_short", detector_path: Optional[str] = None,
-                 min_score: float = 0.7, keep_all_faces: bool = False, crop_margin: float = 0.1,
-                 chunk_frames: int = 1024, sample_fps: Optional[float] = None, landmarks: bool = False,
-                 mesh_path: Optional[str] = None, resnet50: bool = False, decoder_threads: int = 1):
+    def __init__(self, decode: DecodeConfig, faces: FacesConfig, features: FeaturesConfig,
+                 model_paths: Optional[Mapping[str, str]] = None):
         super().__init__()
-        self._fn = ExtractFacesFn(detector, detector_path, min_score, keep_all_faces, crop_margin,
-                                  chunk_frames, sample_fps, landmarks, mesh_path, resnet50, decoder_threads)
+        self._fn = ExtractFacesFn(decode, faces, features, dict(model_paths or {}))
 
     def expand(self, units):
-        return units | "DecodeDetectCrop" >> beam.ParDo(self._fn)
+        return units | "DecodeDetectCrop" >> ParDoWithDeadLetters(self._fn, FaceChunk)

@@ -1,10 +1,11 @@
 """Per-video frame columns that need the whole video: smoothing and the neutral baseline.
 
 Both cross chunk and segment boundaries, so they cannot be computed where a chunk is
-written. `add_video_series_columns` runs per video once every chunk of it is in the run's
-staging folder (AggregateVideos calls it): it reads the columns it needs from the video's
-frame files, computes the series and rewrites each file once with the new columns appended
-(schemas.tables feature groups ``baseline`` then ``smoothing``, after every other group).
+written. The AddSeriesColumns stage runs per video once every chunk of it is in the run's
+staging folder (after CollectVideoResults, before WriteVideoRows): `add_video_series_columns`
+reads the columns it needs from the video's frame files, computes the series and rewrites
+each file once with the new columns appended (schemas.features groups ``baseline`` then
+``smoothing``, after every other group).
 
 The series is the primary face's rows (``face_index == 0``) in frame order. Faceless frames
 are skipped, not treated as zeros, and get null; so do further faces (``face_index`` ranks
@@ -27,18 +28,22 @@ established and the column is null for the whole video: it is not invented from 
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Mapping, Sequence
 
+import apache_beam as beam
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 
-from schemas.tables import (PARTITION_COLUMN, baseline_column, feature_columns, file_schema, frame_schema,
-                            prob_column, smooth_column)
-from transforms.write import write_parquet
+from core.elements import DeadLetter, VideoResults
+from core.settings import FeaturesConfig
+from schemas.columns import PARTITION_COLUMN, baseline_column, file_schema, prob_column, smooth_column
+from schemas.features import GEOMETRY_MEASURES
+from schemas.frames import frame_schema
+from transforms.parquet import read_parquet, write_parquet
 
 
 @dataclass(frozen=True)
@@ -50,6 +55,13 @@ class SeriesSettings:
     baseline: bool = False
     baseline_min_frames: int = 10
     neutral_label: str = "neutral"
+
+    @classmethod
+    def from_config(cls, features: FeaturesConfig, neutral_label: str) -> "SeriesSettings":
+        """The series settings of the job's ``features`` section (the model's neutral label)."""
+        return cls(method=features.smoothing.method, window=features.smoothing.window,
+                   alpha=features.smoothing.alpha, baseline=features.geometry_baseline,
+                   baseline_min_frames=features.baseline_min_frames, neutral_label=neutral_label)
 
     @property
     def groups(self) -> tuple[str, ...]:
@@ -91,11 +103,6 @@ def neutral_baseline(values: np.ndarray, is_neutral: np.ndarray, min_frames: int
 def _frame_files(root: str, video_id: str) -> list[str]:
     pattern = FileSystems.join(root, "frames", f"{PARTITION_COLUMN}={video_id}", "part-*.parquet")
     return sorted(m.path for m in FileSystems.match([pattern])[0].metadata_list)
-
-
-def _read(path: str, columns: Sequence[str] | None = None) -> pa.Table:
-    with FileSystems.open(path) as fh:
-        return pq.read_table(fh, columns=list(columns) if columns else None)
 
 
 def _numpy(table: pa.Table, names: Sequence[str]) -> np.ndarray:
@@ -151,8 +158,8 @@ def _series_values(files: Sequence[str], labels: Sequence[str],
                    settings: SeriesSettings) -> tuple[list[int], dict[str, np.ndarray]]:
     """The video's files -> (rows per file, {new column: float32[all rows], NaN where null})."""
     probs_cols = [prob_column(l) for l in labels]
-    geo_cols = [c.name for c in feature_columns(["geometry"])] if settings.baseline else []
-    parts = [_read(f, ["frame_index", "face_index", "emotion_label", *probs_cols, *geo_cols]) for f in files]
+    geo_cols = list(GEOMETRY_MEASURES) if settings.baseline else []
+    parts = [read_parquet(f, ["frame_index", "face_index", "emotion_label", *probs_cols, *geo_cols]) for f in files]
     sizes = [t.num_rows for t in parts]
     table = pa.concat_tables(parts)
     primary = table.column("face_index").fill_null(-1).to_numpy() == 0
@@ -186,7 +193,7 @@ def _replace_files(files: Sequence[str], sizes: Sequence[int] | None, new: dict[
     start = 0
     try:
         for i, (path, tmp) in enumerate(zip(files, temporary)):
-            original = _read(path)
+            original = read_parquet(path)
             size = original.num_rows if sizes is None else sizes[i]
             columns = {name: original.column(name) for name in original.column_names}
             for name, values in new.items():
@@ -225,3 +232,51 @@ def _replace(source: str, destination: str) -> None:
         return
     FileSystems.delete([destination])
     FileSystems.rename([source], [destination])
+
+
+class AddSeriesColumnsFn(beam.DoFn):
+    """VideoResults -> VideoResults: the video's frame files get the series columns; a failure is
+    one more dead letter (stage ``features``) of the video, which then fails."""
+
+    def __init__(self, root: str, labels: Sequence[str], feature_groups: Sequence[str], settings: SeriesSettings,
+                 file_metadata: Mapping[str, str]):
+        self._root = root
+        self._labels = tuple(labels)
+        self._groups = tuple(feature_groups)
+        self._settings = settings
+        self._metadata = dict(file_metadata)
+
+    def process(self, results: VideoResults):
+        if results.unchanged or not results.rows_written:
+            yield results
+            return
+        try:
+            add_video_series_columns(self._root, results.video_id, self._labels, self._groups, self._settings,
+                                     self._metadata)
+            yield results
+        except Exception as exc:  # noqa: BLE001 - the video fails, the run goes on
+            failure = DeadLetter.from_exception(results.video_id, results.input.path, "features", exc)
+            # A failed rewrite removed the video's frame files: its row must count no frames.
+            summaries = results.summaries if has_frame_files(self._root, results.video_id) else ()
+            yield dataclasses.replace(results, summaries=summaries, failures=(*results.failures, failure))
+
+
+class AddSeriesColumns(beam.PTransform):
+    """PCollection[VideoResults] -> PCollection[VideoResults], after appending the per-video series
+    columns (neutral baseline, smoothing) to each video's frame files under ``root``.
+
+    The frame files were written with ``feature_groups``; afterwards they hold
+    ``frame_schema(labels, feature_groups + settings.groups)``.
+
+    Example::
+
+        results = results | AddSeriesColumns(root, labels, ("geometry",), SeriesSettings(method="window"))
+    """
+
+    def __init__(self, root: str, labels: Sequence[str], feature_groups: Sequence[str], settings: SeriesSettings,
+                 file_metadata: Mapping[str, str] | None = None):
+        super().__init__()
+        self._fn = AddSeriesColumnsFn(root, labels, feature_groups, settings, file_metadata or {})
+
+    def expand(self, results):
+        return results | "RewriteFrameFiles" >> beam.ParDo(self._fn)

@@ -1,7 +1,8 @@
-"""AggregateVideos: everything known about each video -> its video row and dead letters, written.
+"""The per-video stages: gather each video's results, then write its row and dead letters.
 
-Joins, per video id, the matched input, its probe result, the summaries of every frame
-chunk written and every dead letter. Status:
+CollectVideoResults joins, per video id, the matched input, its probe result, the summaries
+of every frame chunk written and every dead letter into one `VideoResults`. WriteVideoRows
+turns each into the video's row. Status:
 
 * failed   - any dead letter, a segment whose chunks did not all arrive, or a truncated file;
 * no_face  - decoded, but no sampled frame had a face;
@@ -15,30 +16,18 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-from dataclasses import dataclass
 from typing import Iterable, Mapping, Optional, Sequence
 
 import apache_beam as beam
 import numpy as np
 import pyarrow as pa
-from apache_beam.io.filesystems import FileSystems
 
-from schemas.tables import dead_letter_schema, video_schema
-from transforms.aggregate import LABEL_COLUMNS_NULLED_WHEN_FAILED, AggregationSettings, video_labels
-from transforms.elements import ChunkSummary, ContentHash, DeadLetter, Unchanged, VideoInfo, VideoInput
-from transforms.series import SeriesSettings, add_video_series_columns, has_frame_files
-from transforms.write import partition_dir, records_table, write_parquet
+from core.elements import ChunkSummary, DeadLetter, VideoInfo, VideoInput, VideoOutcome, VideoResults
+from models.aggregation import LABEL_COLUMNS_NULLED_WHEN_FAILED, AggregationSettings, video_labels
+from schemas.videos import dead_letter_schema, video_schema
+from transforms.parquet import VIDEO_ROW_FILE, partition_dir, records_table, write_parquet
 
 TRUNCATION_RATIO = 0.9
-
-
-@dataclass(frozen=True)
-class VideoOutcome:
-    """What the run reports per video (the row itself is on disk)."""
-    video_id: str
-    status: str
-    frames_sampled: int
-    frames_with_face: int
 
 
 def _missing_segments(info: VideoInfo, summaries: Sequence[ChunkSummary]) -> list[int]:
@@ -126,15 +115,63 @@ def dead_letter_rows(failures: Iterable[DeadLetter], run_id: str) -> list[dict]:
              "error_message": f.error_message, "run_id": run_id} for f in failures]
 
 
-class WriteVideoFn(beam.DoFn):
-    """(video_id, [its VideoInput and results]) -> VideoOutcome, writing the video's row and dead letters."""
+def _keyed(element) -> tuple[str, object]:
+    return element.video_id, element
+
+
+def _failure_order(failure: DeadLetter) -> tuple[int, str]:
+    return (-1 if failure.segment_index is None else failure.segment_index, failure.stage)
+
+
+def gather(keyed: tuple[str, Mapping[str, Iterable]]) -> VideoResults:
+    """(video_id, {branch: its elements}) from CoGroupByKey -> the video's VideoResults.
+
+    Failures (branches ``dead_letters_<i>``) get the input's path where a stage could not know
+    it and are ordered by segment and stage; then `completeness_failures` adds what only shows
+    once everything about the video is together (nothing for an unchanged video)."""
+    video_id, branches = keyed
+    inputs = list(branches["inputs"])
+    if not inputs:          # a result for an id nobody asked for would be a bug upstream
+        raise RuntimeError(f"video {video_id} has results but is not a matched input")
+    video = inputs[0]
+    letters = [f for name, values in branches.items() if name.startswith("dead_letters_") for f in values]
+    failures = sorted((dataclasses.replace(f, source_path=f.source_path or video.path) for f in letters),
+                      key=_failure_order)
+    info = next(iter(branches["infos"]), None)
+    summaries = tuple(branches["summaries"])
+    unchanged = any(True for _ in branches["unchanged"])
+    if not unchanged:
+        failures += completeness_failures(video, info, summaries, failures)
+    return VideoResults(input=video, info=info, content_hash=next(iter(branches["content_hashes"]), None),
+                        unchanged=unchanged, summaries=summaries, failures=tuple(failures))
+
+
+class CollectVideoResults(beam.PTransform):
+    """{"inputs": VideoInput, "infos": VideoInfo, "unchanged": Unchanged, "content_hashes": ContentHash,
+    "summaries": ChunkSummary, "dead_letters": DeadLetter} (each a PCollection; dead_letters may be
+    a tuple of them, one per stage) -> PCollection[VideoResults], one per input.
+
+    Example::
+
+        results = {"inputs": inputs, "infos": probed.infos, ..., "dead_letters": (a, b)} | CollectVideoResults()
+    """
+
+    def expand(self, branches):
+        letters = branches["dead_letters"]
+        keyed = {name: pcoll | f"Key{name.title().replace('_', '')}" >> beam.Map(_keyed)
+                 for name, pcoll in branches.items() if name != "dead_letters"}
+        for i, pcoll in enumerate(letters if isinstance(letters, (tuple, list)) else (letters,)):
+            keyed[f"dead_letters_{i}"] = pcoll | f"KeyDeadLetters{i}" >> beam.Map(_keyed)
+        return keyed | "GroupByVideo" >> beam.CoGroupByKey() | "AsVideoResults" >> beam.Map(gather)
+
+
+class WriteVideoRowFn(beam.DoFn):
+    """VideoResults -> VideoOutcome, writing the video's row and dead letters (nothing for an
+    unchanged video: its outcome is "skipped")."""
 
     def __init__(self, root: str, settings: AggregationSettings, run_id: str, extra_fields: Sequence[pa.Field],
-                 file_metadata: Mapping[str, str], provenance: Mapping[str, str],
-                 series: SeriesSettings = SeriesSettings(), feature_groups: Sequence[str] = ()):
+                 file_metadata: Mapping[str, str], provenance: Mapping[str, str]):
         self._root = root
-        self._series = series
-        self._feature_groups = tuple(feature_groups)
         self._settings = settings
         self._run_id = run_id
         self._provenance = dict(provenance)     # settings_fingerprint, models
@@ -145,87 +182,48 @@ class WriteVideoFn(beam.DoFn):
     def setup(self):
         self._schema = video_schema(self._settings.labels, self._settings.broad_labels, self._extra)
 
-    def process(self, keyed):
-        video_id, grouped = keyed
-        inputs, results = [], []
-        for element in grouped:
-            (inputs if isinstance(element, VideoInput) else results).append(element)
-        if not inputs:          # a result for an id nobody asked for would be a bug upstream
-            raise RuntimeError(f"video {video_id} has results but is not a matched input")
-        if any(isinstance(r, Unchanged) for r in results):
-            yield VideoOutcome(video_id, "skipped", 0, 0)      # its row and files stay as they are
+    def process(self, results: VideoResults):
+        if results.unchanged:
+            yield VideoOutcome(results.video_id, "skipped", 0, 0)
             return
-        infos = [r for r in results if isinstance(r, VideoInfo)]
-        hashes = [r for r in results if isinstance(r, ContentHash)]
-        summaries = [r for r in results if isinstance(r, ChunkSummary)]
-        failures = sorted((dataclasses.replace(r, source_path=r.source_path or inputs[0].path)
-                           for r in results if isinstance(r, DeadLetter)),
-                          key=lambda f: (-1 if f.segment_index is None else f.segment_index, f.stage))
-        info = infos[0] if infos else None
-        failures += completeness_failures(inputs[0], info, summaries, failures)
-        if self._series.groups and any(s.rows_written for s in summaries):
-            series_failures = self._add_series_columns(inputs[0])
-            if series_failures and not has_frame_files(self._root, video_id):   # a failed rewrite removed them
-                summaries = []
-            failures += series_failures
-        row = build_video_row(inputs[0], info, summaries, failures, self._settings, self._run_id)
-        if hashes and info is None:     # unprobeable, but its bytes are known: a rerun can skip it
-            row.update(content_sha256=hashes[0].content_sha256, size_bytes=hashes[0].size_bytes)
+        failures = list(results.failures)
+        row = build_video_row(results.input, results.info, results.summaries, failures, self._settings, self._run_id)
+        if results.content_hash is not None and results.info is None:   # unprobeable, bytes known: a rerun can skip it
+            row.update(content_sha256=results.content_hash.content_sha256, size_bytes=results.content_hash.size_bytes)
         row.update(self._provenance, processed_at=dt.datetime.now(dt.timezone.utc))
-        write_parquet(records_table([row], self._schema),
-                      FileSystems.join(partition_dir(self._root, "videos", video_id), "part-00000.parquet"),
-                      self._metadata)
-        # Written for every video, empty when nothing failed, so the table always exists for readers.
-        write_parquet(records_table(dead_letter_rows(failures, self._run_id), dead_letter_schema()),
-                      FileSystems.join(partition_dir(self._root, "dead_letters", video_id), "part-00000.parquet"),
-                      self._metadata)
-        yield VideoOutcome(video_id, row["status"], row["frames_sampled"], row["frames_with_face"])
-
-    def _add_series_columns(self, video: VideoInput) -> list[DeadLetter]:
-        """Baseline / smoothing columns of the video's frame files (they need the whole video, so here)."""
-        try:
-            add_video_series_columns(self._root, video.video_id, self._settings.labels, self._feature_groups,
-                                     self._series, self._metadata)
-            return []
-        except Exception as exc:  # noqa: BLE001 - the video fails, the run goes on
-            return [DeadLetter.from_exception(video.video_id, video.path, "features", exc)]
+        write_video_files(self._root, row, self._schema, dead_letter_rows(failures, self._run_id), self._metadata)
+        yield VideoOutcome(results.video_id, row["status"], row["frames_sampled"], row["frames_with_face"])
 
 
-def _key(element):
-    return (element.video_id, element)
+def write_video_files(root: str, row: dict, schema: pa.Schema, dead_letters: list[dict],
+                      file_metadata: Mapping[str, str]) -> None:
+    """A video's row and its dead letters, each one file of its partition. The dead-letter file is
+    written for every video, empty when nothing failed, so the table always exists for readers."""
+    video_id = row["video_id"]
+    write_parquet(records_table([row], schema),
+                  f"{partition_dir(root, 'videos', video_id)}/{VIDEO_ROW_FILE}", file_metadata)
+    write_parquet(records_table(dead_letters, dead_letter_schema()),
+                  f"{partition_dir(root, 'dead_letters', video_id)}/{VIDEO_ROW_FILE}", file_metadata)
 
 
-class AggregateVideos(beam.PTransform):
-    """{"inputs": PCollection[VideoInput], "results": PCollection or tuple of PCollections of
-    VideoInfo | Unchanged | ChunkSummary | DeadLetter} -> PCollection[VideoOutcome], one per input,
-    after writing its video row and dead letters (nothing is written for an Unchanged video: its
-    outcome is "skipped").
+class WriteVideoRows(beam.PTransform):
+    """PCollection[VideoResults] -> PCollection[VideoOutcome], one per input, after writing its video
+    row (schemas.videos) and dead letters under ``root``.
 
-    All branches go through one Flatten, are keyed by video id and grouped: the in-process runner
-    materialises each Flatten as a stage of its own, so the result branches are passed here rather
-    than flattened before.
+    ``provenance``: the row's settings_fingerprint and models (JSON); ``extra_fields``: manifest
+    columns carried through.
 
     Example::
 
-        outcomes = {"inputs": inputs, "results": (probed, failures, written)} | AggregateVideos(root, settings, run_id)
+        outcomes = results | WriteVideoRows(root, settings, run_id)
     """
 
     def __init__(self, root: str, settings: AggregationSettings, run_id: str,
-                 extra_fields: Sequence[pa.Field] = (), file_metadata: Mapping[str, str] | None = None,
-                 provenance: Mapping[str, str] | None = None, series: SeriesSettings = SeriesSettings(),
-                 feature_groups: Sequence[str] = ()):
-        """``series``: the per-video columns (neutral baseline, smoothing) appended to the frame files
-        WriteFrames wrote with ``feature_groups`` (transforms.series)."""
+                 extra_fields: Sequence[pa.Field] = (), file_metadata: Optional[Mapping[str, str]] = None,
+                 provenance: Optional[Mapping[str, str]] = None):
         super().__init__()
         provenance = provenance or {"settings_fingerprint": "", "models": "[]"}
-        self._fn = WriteVideoFn(root, settings, run_id, extra_fields, file_metadata or {}, provenance,
-                                series, feature_groups)
+        self._fn = WriteVideoRowFn(root, settings, run_id, extra_fields, file_metadata or {}, provenance)
 
-    def expand(self, pcolls):
-        results = pcolls["results"]
-        branches = [pcolls["inputs"], *((results,) if isinstance(results, beam.PCollection) else results)]
-        return (branches
-                | "AllOfEveryVideo" >> beam.Flatten()
-                | "KeyByVideo" >> beam.Map(_key)
-                | "GroupByVideo" >> beam.GroupByKey()
-                | "BuildAndWriteVideoRows" >> beam.ParDo(self._fn))
+    def expand(self, results):
+        return results | "BuildAndWriteVideoRows" >> beam.ParDo(self._fn)

@@ -1,9 +1,9 @@
 """Typed elements that flow between the stages.
 
-Only small descriptors cross a shuffle (VideoInput, VideoInfo, WorkUnit, summaries);
-frames never leave the DoFn that decodes them, and what flows from face extraction to
-the emotion model is a chunk of 64x64 crops (about 4 KB a face); with features.resnet50 on,
-also 224x224 RGB crops (147 KB a face), dropped once ResNet50 has read them.
+Only small descriptors cross a shuffle (PlannedVideo, VideoInfo, WorkUnit, summaries);
+frames never leave the DoFn that decodes them, and what flows from face extraction to the
+emotion model is a chunk of 64x64 crops (about 4 KB a face); with features.resnet50 on, also
+224x224 RGB crops (147 KB a face), dropped once ResNet50 has read them.
 """
 from __future__ import annotations
 
@@ -24,16 +24,34 @@ class VideoInput:
 
 
 @dataclass(frozen=True)
+class RowFingerprint:
+    """What identifies the work behind a video's row in the output: its bytes and its settings."""
+    content_sha256: str
+    settings_fingerprint: str
+
+
+@dataclass(frozen=True)
+class PlannedVideo:
+    """A matched input and, when the output holds a row a rerun may keep, that row's fingerprint."""
+    input: VideoInput
+    previous: Optional[RowFingerprint] = None
+
+    @property
+    def video_id(self) -> str:
+        return self.input.video_id
+
+
+@dataclass(frozen=True)
 class VideoInfo:
     """What probing the container found; the input of segmentation and of the video row."""
     input: VideoInput
     content_sha256: str
     size_bytes: int
-    codec: str
+    codec: Optional[str]
     width: int
     height: int
-    fps: float
-    frame_count_header: int
+    fps: Optional[float]
+    frame_count_header: Optional[int]
     segment_frames: int          # frames per work unit (the last unit runs to the end of the file)
     segments: int
 
@@ -49,10 +67,6 @@ class WorkUnit:
     segment_index: int
     start_frame: int
     end_frame: Optional[int]
-
-    @property
-    def key(self) -> tuple[str, int]:
-        return (self.video.video_id, self.segment_index)
 
 
 @dataclass
@@ -85,7 +99,8 @@ class FaceChunk:
     # 147 KB a face, so 256 frames of one face = 38.5 MB per chunk (see faces.DEEP_CHUNK_FRAMES)
     face_rgb: Optional[np.ndarray] = None
 
-    def __len__(self) -> int:          # RunInference counts examples with len()
+    @property
+    def faces(self) -> int:
         return len(self.crops)
 
 
@@ -98,9 +113,6 @@ class ScoredChunk:
     labels: tuple[str, ...]
     embedding: Optional[np.ndarray] = None   # float32[m, 128] emotion network embedding (features.embedding)
     resnet50: Optional[np.ndarray] = None    # float32[m, 2048] >= 0, ResNet50 pooled features (features.resnet50)
-
-    def __len__(self) -> int:          # RunInference counts examples with len(): faces, as for FaceChunk
-        return len(self.chunk)
 
 
 @dataclass(frozen=True)
@@ -135,7 +147,7 @@ class Unchanged:
 
 @dataclass(frozen=True)
 class DeadLetter:
-    """A failure, recorded as data: one per failed probe, segment or write."""
+    """A failure, recorded as data: one per failed probe, segment, chunk or write."""
     video_id: str
     source_path: str
     stage: str
@@ -149,7 +161,30 @@ class DeadLetter:
         return cls(video_id, source_path, stage, type(exc).__name__, str(exc)[:2000], segment_index)
 
 
-def chunk_failure(chunk: "FaceChunk", stage: str, exc: BaseException) -> DeadLetter:
-    """A model stage's failure on one chunk. The source path is left empty: inference does not
-    carry it, and AggregateVideos fills it in from the video's input."""
-    return DeadLetter.from_exception(chunk.video_id, "", stage, exc, chunk.segment_index)
+@dataclass(frozen=True)
+class VideoOutcome:
+    """What the run reports per video (the row itself is on disk)."""
+    video_id: str
+    status: str                        # ok | no_face | failed | skipped
+    frames_sampled: int
+    frames_with_face: int
+
+
+@dataclass(frozen=True)
+class VideoResults:
+    """Everything one run learned about one matched input, gathered by video id: the input of the
+    per-video stages (series columns, the video row)."""
+    input: VideoInput
+    info: Optional[VideoInfo] = None           # None: never probed (failed, or unchanged)
+    content_hash: Optional[ContentHash] = None  # bytes of a file that could not be probed
+    unchanged: bool = False                     # skipped: its row and files stay as they are
+    summaries: tuple[ChunkSummary, ...] = ()
+    failures: tuple[DeadLetter, ...] = ()
+
+    @property
+    def video_id(self) -> str:
+        return self.input.video_id
+
+    @property
+    def rows_written(self) -> int:
+        return sum(s.rows_written for s in self.summaries)

@@ -1,64 +1,33 @@
-"""Parquet writing, one file per unit of work, through Beam's FileSystems.
+"""WriteFrames: scored chunks -> frame Parquet files (one per chunk) and their summaries.
 
-Beam's WriteToParquet is not used: under the DaskRunner it reports success and leaves
-empty files (FACTS.md). Each DoFn here writes its own complete file with pyarrow (zstd),
-named deterministically from the unit it holds, so a retried bundle overwrites rather
-than duplicates, and every runner produces the same files.
-
-Layout: ``<root>/<table>/video_id=<id>/part-<...>.parquet`` (Hive style; see schemas).
+A chunk's rows: one per kept face, one with null face columns per faceless frame, ordered by
+frame_index then face_index; the optional feature groups' columns follow the core columns.
 """
 from __future__ import annotations
 
-import json
-from typing import Iterator, Mapping, Optional, Sequence, Union
+from typing import Iterator, Mapping, Sequence, Union
 
 import apache_beam as beam
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
-from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
+from apache_beam.pvalue import TaggedOutput
 
+from core.elements import ChunkSummary, DeadLetter, ScoredChunk
+from models.geometry import geometric_features
 from models.landmarks import normalise_landmarks
-from schemas.tables import (EMBEDDING_COLUMN, PARTITION_COLUMN, RESNET50_COLUMN, frame_schema,
-                           prob_column)
-from transforms.geometry import geometric_features
-from transforms.elements import ChunkSummary, DeadLetter, ScoredChunk
-
-COMPRESSION = "zstd"
-
-
-def partition_dir(root: str, table: str, video_id: str) -> str:
-    return FileSystems.join(root, table, f"{PARTITION_COLUMN}={video_id}")
-
-
-def _ensure_dir(path: str) -> None:
-    """mkdir -p that tolerates another worker creating the folder at the same moment."""
-    try:
-        FileSystems.mkdirs(path)
-    except IOError:
-        if not FileSystems.exists(path):
-            raise
-
-
-def write_parquet(table: pa.Table, path: str, metadata: Optional[Mapping[str, str]] = None) -> None:
-    """Write ``table`` (its partition column dropped) to any Beam filesystem path."""
-    if PARTITION_COLUMN in table.column_names:
-        table = table.drop_columns([PARTITION_COLUMN])
-    if metadata:
-        merged = dict(table.schema.metadata or {})
-        merged.update({k.encode(): v.encode() for k, v in metadata.items()})
-        table = table.replace_schema_metadata(merged)
-    _ensure_dir(path.rsplit("/", 1)[0])
-    with FileSystems.create(path) as fh:
-        pq.write_table(table, fh, compression=COMPRESSION)
+from schemas.columns import PARTITION_COLUMN, prob_column
+from schemas.features import EMBEDDING_COLUMN, RESNET50_COLUMN
+from schemas.frames import frame_schema
+from transforms.dead_letters import DEAD_LETTERS, ParDoWithDeadLetters
+from transforms.parquet import frame_file, write_parquet
 
 
 def frame_table(scored: ScoredChunk, feature_groups: Sequence[str] = ()) -> pa.Table:
     """Frame rows of one chunk: one per kept face, one with null face columns per faceless frame.
 
     Rows are ordered by frame_index, then face_index. ``feature_groups`` adds the columns of
-    schemas.feature_columns: landmarks and geometry from the chunk's landmarks, embedding and
+    schemas.features.feature_columns: landmarks and geometry from the chunk's landmarks, embedding and
     resnet50 from the ScoredChunk's arrays (list columns, null on faceless rows).
     """
     c = scored.chunk
@@ -154,51 +123,44 @@ def chunk_summary(scored: ScoredChunk) -> ChunkSummary:
 
 
 class WriteFrameChunksFn(beam.DoFn):
-    """ScoredChunk -> ChunkSummary | DeadLetter, writing the chunk's frame rows as one file.
+    """ScoredChunk -> ChunkSummary (+ TaggedOutput(DEAD_LETTERS, DeadLetter) when writing fails),
+    writing the chunk's frame rows as one file (transforms.parquet.frame_file). Model names,
+    versions and checksums go into the file's key-value metadata."""
 
-    File: ``frames/video_id=<id>/part-<segment:05d>-<chunk:05d>.parquet``. Model names,
-    versions and checksums go into the file's key-value metadata.
-    """
-
-    def __init__(self, root: str, source_paths: Mapping[str, str], file_metadata: Mapping[str, str],
-                 feature_groups: Sequence[str] = ()):
+    def __init__(self, root: str, file_metadata: Mapping[str, str], feature_groups: Sequence[str] = ()):
         self._root = root
-        self._source_paths = dict(source_paths)
         self._metadata = dict(file_metadata)
         self._groups = tuple(feature_groups)
         self.rows = Metrics.counter("affectflow", "frame_rows_written")
 
-    def process(self, scored: ScoredChunk) -> Iterator[Union[ChunkSummary, DeadLetter]]:
+    def process(self, scored: ScoredChunk) -> Iterator[Union[ChunkSummary, TaggedOutput]]:
         c = scored.chunk
-        path = FileSystems.join(partition_dir(self._root, "frames", c.video_id),
-                                f"part-{c.segment_index:05d}-{c.chunk_index:05d}.parquet")
         try:
             table = frame_table(scored, self._groups)
             if table.num_rows:
-                write_parquet(table, path, self._metadata)
+                write_parquet(table, frame_file(self._root, c.video_id, c.segment_index, c.chunk_index),
+                              self._metadata)
             self.rows.inc(table.num_rows)
             yield chunk_summary(scored)
-        except Exception as exc:  # noqa: BLE001
-            yield DeadLetter.from_exception(c.video_id, self._source_paths.get(c.video_id, ""), "write", exc,
-                                            c.segment_index)
+        except Exception as exc:  # noqa: BLE001 - the video fails, the run goes on
+            # The source path is filled in by the video stage, which has the video's input.
+            yield TaggedOutput(DEAD_LETTERS, DeadLetter.from_exception(c.video_id, "", "write", exc, c.segment_index))
 
 
 class WriteFrames(beam.PTransform):
-    """PCollection[ScoredChunk] -> PCollection[ChunkSummary | DeadLetter]."""
+    """PCollection[ScoredChunk] -> Outputs(ChunkSummary, DeadLetter): one frame file per chunk under ``root``.
 
-    def __init__(self, root: str, source_paths: Mapping[str, str], file_metadata: Mapping[str, str],
-                 feature_groups: Sequence[str] = ()):
+    ``feature_groups``: the optional column groups the chunks carry (schemas.features); the
+    file's schema is ``frame_schema(labels, feature_groups)``.
+
+    Example::
+
+        written = scored.values | WriteFrames("out/_staging/run", {"affectflow.run_id": "run"})
+    """
+
+    def __init__(self, root: str, file_metadata: Mapping[str, str], feature_groups: Sequence[str] = ()):
         super().__init__()
-        self._fn = WriteFrameChunksFn(root, source_paths, file_metadata, feature_groups)
+        self._fn = WriteFrameChunksFn(root, file_metadata, feature_groups)
 
     def expand(self, scored):
-        return scored | "WriteFrameParquet" >> beam.ParDo(self._fn)
-
-
-def records_table(rows: Sequence[Mapping], schema: pa.Schema) -> pa.Table:
-    """A table from row dicts, exactly in ``schema`` (missing keys are null)."""
-    return pa.Table.from_pylist([{f.name: r.get(f.name) for f in schema} for r in rows], schema=schema)
-
-
-def json_metadata(value) -> str:
-    return json.dumps(value, sort_keys=True, default=str)
+        return scored | "WriteFrameParquet" >> ParDoWithDeadLetters(self._fn, ChunkSummary)

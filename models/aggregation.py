@@ -1,4 +1,4 @@
-"""Frame labels -> one label per video: the Top-1 and the threshold methods.
+"""Frame labels -> one label per video: the Top-1 and the threshold methods (pure NumPy).
 
 The methods (seed 002, Yang, Lee & Park), on a video's per-class counts of frame labels,
 counting only frames with a classified face (n_total):
@@ -20,14 +20,14 @@ sweeps thresholds over 100,000 videos in calibration.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Mapping, Optional, Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 
-from schemas.tables import FALLBACKS, broad_count_column, count_column, frac_column
+from core.errors import ConfigError
+from core.settings import DEFAULT_BROAD_MAP, AggregateConfig
+from schemas.columns import FALLBACKS, broad_count_column, count_column, frac_column
 
-DEFAULT_BROAD_MAP = {"happy": "positive", "surprise": "positive", "angry": "negative", "disgust": "negative",
-                     "fear": "negative", "sad": "negative", "neutral": "neutral"}
 # Thresholds from a sweep carry rounding (3 * 0.05 = 0.15000000000000002, times 20 frames is
 # 3.0000000000000004), which would reject n_m = 3; a tolerance far below one frame keeps the rule exact.
 _EPS = 1e-9
@@ -35,6 +35,7 @@ _EPS = 1e-9
 
 @dataclass(frozen=True)
 class AggregationSettings:
+    """The aggregate.* settings bound to a model's label order: what both methods need."""
     labels: tuple[str, ...]
     threshold: float = 0.2
     fallback: str = "neutral"
@@ -42,15 +43,26 @@ class AggregationSettings:
     broad_map: Mapping[str, str] = field(default_factory=lambda: dict(DEFAULT_BROAD_MAP))
 
     def __post_init__(self):
+        """ConfigError (aggregate.* keys named) when the settings do not fit the label set."""
         if not 0.0 < self.threshold <= 1.0:
-            raise ValueError(f"threshold must be in (0, 1], got {self.threshold}")
+            raise ConfigError(f"aggregate.threshold must be in (0, 1], got {self.threshold}")
         if self.fallback not in FALLBACKS:
-            raise ValueError(f"fallback must be one of {FALLBACKS}, got {self.fallback!r}")
+            raise ConfigError(f"aggregate.fallback must be one of {FALLBACKS}, got {self.fallback!r}")
         if self.neutral_label not in self.labels:
-            raise ValueError(f"neutral label {self.neutral_label!r} is not among the labels {list(self.labels)}")
+            raise ConfigError(f"aggregate.neutral_label = {self.neutral_label!r} is not among the labels "
+                              f"{list(self.labels)}")
         unmapped = [l for l in self.labels if l not in self.broad_map]
         if unmapped:
-            raise ValueError(f"broad_map does not map labels {unmapped}")
+            raise ConfigError(f"aggregate.broad_map does not map the labels {unmapped}")
+        if len({self.broad_map[l] for l in self.labels}) < 2:
+            raise ConfigError("aggregate.broad_map maps every label to one broad label; the broad setting needs two "
+                              "or more")
+
+    @classmethod
+    def from_config(cls, aggregate: AggregateConfig, labels: Sequence[str]) -> "AggregationSettings":
+        """The one way settings are built from the job's ``aggregate`` section and a label order."""
+        return cls(labels=tuple(labels), threshold=aggregate.threshold, fallback=aggregate.fallback,
+                   neutral_label=aggregate.neutral_label, broad_map=dict(aggregate.broad_map))
 
     @property
     def broad_labels(self) -> tuple[str, ...]:

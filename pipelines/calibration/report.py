@@ -1,4 +1,5 @@
-"""The calibration report: one self-contained HTML file (PNG figures embedded as base64).
+"""The calibration report: one self-contained HTML file (PNG figures embedded as base64), the
+terminal table and the config fragment.
 
 Input is the JSON-ready report of `pipelines.calibrate` (every number comes from it, so
 the HTML and calibration.json cannot disagree). Per evaluated label setting: the paper's
@@ -14,6 +15,9 @@ import html
 import io
 
 import numpy as np
+import yaml
+
+from pipelines.calibration.constants import SETTINGS
 
 # figure key -> caption title; each evaluated setting gets one figure of each, id fig-<setting>-<key>
 FIGURES = {
@@ -160,7 +164,7 @@ def _metrics_table(setting: dict) -> str:
         return [f"{mean[m]:.4f} ± {sd[m]:.4f}" for m in ("accuracy", "macro_f1", "uar")]
     cv, top1, paper = setting["cross_validated"], setting["top1"], setting["paper_style"]
     rows = [["Top-1", *cells(top1["mean_over_folds"], top1["sd_over_folds"])],
-            [f"Threshold, cross-validated", *cells(cv["mean_over_folds"], cv["sd_over_folds"])],
+            ["Threshold, cross-validated", *cells(cv["mean_over_folds"], cv["sd_over_folds"])],
             [f"Threshold {paper['threshold']:.2f} ({paper['fallback']}), best mean over folds (optimistic)",
              *[f"{paper['mean_over_folds'][m]:.4f}" for m in ("accuracy", "macro_f1", "uar")]]]
     return _table(("Method (mean over folds ± SD)", "Accuracy", "Macro F1", "UAR"), rows, 'class="metrics"')
@@ -212,7 +216,6 @@ def _setting_section(setting_name: str, setting: dict, first_figure: int) -> str
 
 def render_html(report: dict) -> str:
     """The whole report as one HTML string (no external files)."""
-    from pipelines.calibrate import SETTINGS, fragment_text
     fit = report["fitted"]
     videos = report.get("videos", {})
     sections, figure = [], 1
@@ -240,3 +243,47 @@ def render_html(report: dict) -> str:
         f"<code>predictions.parquet</code>. Created {_e(report.get('created', ''))}.</p>",
         "</body></html>",
     ])
+
+
+def fragment_text(report: dict) -> str:
+    """threshold.yaml: ``job: {aggregate: {threshold, fallback}}`` with its provenance as comments."""
+    fit = report["fitted"]
+    setting = report["settings"][fit["setting"]]
+    cv = setting["cross_validated"]["mean_over_folds"]["accuracy"]
+    header = [
+        f"affectflow calibrate, {report.get('created', '')}: fitted on {report['dataset']} "
+        f"({setting['n_videos']} videos, {fit['setting']} setting, best {report['select_by']} on all of them).",
+        f"Cross-validated accuracy {cv:.4f} ({report['folds']} folds, {setting['cv_scheme']}); "
+        f"Top-1 {setting['top1']['mean_over_folds']['accuracy']:.4f}.",
+        "Use: affectflow run --config runner_configs/local.yaml --config threshold.yaml ...",
+        "     affectflow aggregate --output OUT --config threshold.yaml",
+    ]
+    body = yaml.safe_dump({"job": {"aggregate": {"threshold": round(float(fit["threshold"]), 10),
+                                                 "fallback": fit["fallback"]}}}, sort_keys=False)
+    return "".join(f"# {line}\n" for line in header) + body
+
+
+def format_paper_table(report: dict) -> str:
+    """The paper-style tables of every evaluated setting, as text for the terminal."""
+    lines = []
+    for setting in SETTINGS:
+        s = report["settings"][setting]
+        if not s["evaluated"]:
+            lines.append(f"{setting} setting: not evaluated ({s['reason']})")
+            continue
+        subjects = f" ({s['groups']} subjects)" if s["groups"] else ""
+        lines.append(f"{setting} setting ({len(s['labels'])} labels: {', '.join(s['labels'])}): "
+                     f"{s['n_videos']} videos, {report['folds']} folds {s['cv_scheme']}{subjects}")
+        width = max(len(r["data_set"]) for r in s["paper_table"]) + 2
+        lines.append(f"  {'data set':{width}s}{'threshold acc':>14s}  {'optimal threshold':22s}{'Top-1 acc':>10s}"
+                     f"{'difference':>12s}")
+        for r in s["paper_table"]:
+            lines.append(f"  {r['data_set']:{width}s}{r['threshold_accuracy']:14.4f}  "
+                         f"{r['optimal_threshold']:<5.2f} {r['fallback']:16s}{r['top1_accuracy']:10.4f}"
+                         f"{r['difference']:+12.4f}")
+        lines.append("  folds chose: " + ", ".join(f"{t:.2f}/{f}" for t, f in zip(
+            s["cross_validated"]["fold_thresholds"], s["cross_validated"]["fold_fallbacks"]))
+            + f"; the mean-over-folds row is optimistic by {s['optimism']['accuracy']:+.4f} accuracy")
+        if s.get("left_out_labels"):
+            lines.append(f"  left out (label not in this setting): {s['left_out_labels']}")
+    return "\n".join(lines)

@@ -1,0 +1,54 @@
+"""The `affectflow` command line.
+
+    affectflow run --input GLOB_OR_MANIFEST --output DIR [--config YAML] [--set key=value ...]
+    affectflow aggregate --output DIR [--threshold T] [--fallback neutral|top1] [--dest DIR]
+    affectflow models list | fetch [NAME ...]
+    affectflow samples [--dest DIR] [NAME ...]
+    affectflow demo [--output DIR]
+    affectflow validate OUTPUT [--config YAML] [--set validation.key=value ...]
+    affectflow calibrate --output DIR --manifest LABELLED.csv [--report DIR] ...
+    affectflow ingest {openface,pyfeat} INPUT --output DIR [--frame-size WxH] [--fps F] [--config YAML] [--set ...]
+
+Exit codes: 0 success; 1 the run finished but some of the videos it processed failed (their
+dead letters are in the output); 2 bad usage or configuration (nothing was done); 3 the run
+itself could not complete (the error's type and message are printed; -v shows the traceback);
+4 a critical validation expectation failed (`validate`, or a run whose end-of-run validation
+failed: this outranks 1).
+"""
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import warnings
+
+from pipelines.cli.parser import build_parser
+from pipelines.cli.summary import EXIT_RUN_FAILED, EXIT_USAGE
+
+
+def _quiet_libraries() -> None:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    warnings.filterwarnings("ignore", category=UserWarning)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    logging.getLogger("apache_beam").setLevel(logging.ERROR)
+    logging.getLogger("distributed").setLevel(logging.ERROR)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one command; return its exit code (see the module docstring)."""
+    args = build_parser(__doc__).parse_args(argv)
+    _quiet_libraries()
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    from core.errors import UsageError
+    from pipelines.cli.commands import HANDLERS
+    try:
+        return HANDLERS[args.command](args)
+    except UsageError as exc:
+        print(f"affectflow {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except Exception as exc:  # noqa: BLE001 - the run could not complete: say why, exit 3
+        if args.verbose:
+            logging.getLogger("affectflow").exception("%s could not complete", args.command)
+        print(f"affectflow {args.command}: the run could not complete: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return EXIT_RUN_FAILED

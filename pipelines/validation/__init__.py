@@ -1,0 +1,1 @@
+"""`affectflow validate`: the schema-derived Great Expectations suites over an output folder."""

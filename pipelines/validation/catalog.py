@@ -1,0 +1,49 @@
+"""The validation catalog: DuckDB views over an output's Parquet files, and every file's stored columns."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipelines.output.layout import table_files
+from pipelines.validation.stored import PARQUET_COLUMNS, stored_column_rows
+from schemas.columns import PARTITION_COLUMN
+
+
+def _quote(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+def build_catalog(output: Path, path: Path, schemas: dict[str, pa.Schema]) -> None:
+    """A DuckDB catalog at ``path``: one view per table over its Parquet files (an empty table
+    of the schema when it has none) and ``parquet_columns``, every file's stored columns."""
+    import duckdb
+    rows = []
+    con = duckdb.connect(str(path))
+    try:
+        for table, schema in schemas.items():
+            files = table_files(output, table)
+            for file in files:               # footers only: a few KB per file whatever the table size
+                relative = os.path.relpath(file, output)
+                try:
+                    rows += stored_column_rows(table, schema, relative, pq.read_schema(file))
+                except Exception as exc:  # noqa: BLE001 - reported as a failed expectation, not raised
+                    rows += stored_column_rows(table, schema, relative, None, type(exc).__name__)
+            if files:
+                glob_chars = set("*?[]{}") & set(str(output))
+                source = ("[" + ", ".join(map(_quote, files)) + "]" if glob_chars else
+                          _quote(os.path.join(str(output / table), f"{PARTITION_COLUMN}=*", "*.parquet")))
+                con.execute(f'CREATE VIEW "{table}" AS SELECT * FROM read_parquet({source}, hive_partitioning = true, '
+                            f"hive_types = {{'{PARTITION_COLUMN}': VARCHAR}}, union_by_name = true)")
+            else:
+                con.register("empty_table", schema.empty_table())
+                con.execute(f'CREATE TABLE "{table}" AS SELECT * FROM empty_table')
+                con.unregister("empty_table")
+        names = ("table_name", "file", "column_name", "arrow_type", "expected_type")
+        con.register("stored_columns", pa.table({n: pa.array([r[i] for r in rows], pa.string())
+                                                 for i, n in enumerate(names)}))
+        con.execute(f'CREATE TABLE "{PARQUET_COLUMNS}" AS SELECT * FROM stored_columns')
+    finally:
+        con.close()

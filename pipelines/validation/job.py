@@ -1,0 +1,161 @@
+"""`affectflow validate`: check an output folder against the schema-derived GX suites.
+
+    affectflow validate OUTPUT [--config YAML] [--set validation.max_failed_share_fail=0.3]
+
+`validate_output(output_dir, settings)` runs the Great Expectations (1.x) suites of
+`pipelines.validation.suites` over the frame, video and dead-letter tables, writes the results as
+JSON and as GX Data Docs into ``<output>/validation/``, records the verdict in the run
+manifest and returns a `ValidationReport`. The CLI prints its one-screen summary and exits
+0 (valid; warnings allowed) or 4 (a critical expectation failed).
+
+How tables larger than memory are validated
+-------------------------------------------
+Every expectation runs in GX's SQL execution engine against DuckDB (SQLAlchemy +
+duckdb-engine). A throw-away DuckDB catalog holds one view per table over its Parquet files
+(``read_parquet('<output>/frames/video_id=*/*.parquet', hive_partitioning = true,
+union_by_name = true)``), so each expectation is a SQL query DuckDB streams over the files:
+no table is loaded into Python, DuckDB's memory is capped by ``validation.memory_limit``
+and the larger operators (the key GROUP BY, the timestamp window, the reconciliation joins)
+spill to a temporary folder beyond it. GX only receives aggregates and at most a few hundred
+example rows. This was preferred over handing GX pandas batches file by file because most
+rules span files (keys, per-video frame counts, table-to-table and manifest reconciliation)
+and would have had to be re-implemented outside GX; here all rules, including the SQL ones
+(`UnexpectedRowsExpectation`), are GX expectations, rendered in Data Docs.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Optional
+
+from core.errors import UsageError
+from core.settings import ValidationConfig
+from pipelines.output.layout import MANIFEST_FILE
+from pipelines.output.manifest import manifest_feature_groups
+from pipelines.validation.catalog import build_catalog
+from pipelines.validation.engine import run_suites
+from pipelines.validation.report import ValidationReport, finding
+from pipelines.validation.rules import RunFacts
+from pipelines.validation.suites import suites
+
+VALIDATION_DIR = "validation"
+RESULTS_FILE = "results.json"
+DATA_DOCS_DIR = "data_docs"
+
+
+def validate_output(output_dir: str | os.PathLike, settings: Optional[ValidationConfig] = None) -> ValidationReport:
+    """Validate an affectflow output folder; write its results and Data Docs; mark its run manifest.
+
+    Contract:
+
+    * ``output_dir``: a local folder written by ``affectflow run``: ``frames/``, ``videos/``,
+      ``dead_letters/`` (``<table>/video_id=<id>/*.parquet``) and ``run_manifest.json``, whose
+      ``labels``, ``broad_labels``, ``run_id``, ``counts`` and ``config.job.features`` give the label
+      vocabularies, the counts to reconcile and the frame table's optional column groups. A table
+      with no files is validated as empty.
+    * ``settings``: ``config.job.validation`` (`ValidationConfig`); None = its defaults.
+      ``settings.enabled`` is for the caller (the end-of-run hook) to honour: this function
+      always validates.
+    * Writes, replacing what an earlier validation left: ``<output>/validation/results.json``
+      (verdict, findings, settings, every GX result) and ``<output>/validation/data_docs/index.html``
+      (GX Data Docs, relative links: open it from the folder). Sets ``"validation": {"valid",
+      "validated_at", "failed", "warnings", "results", "data_docs"}`` in ``run_manifest.json`` and in
+      ``runs/<run_id>/run_manifest.json`` when that exists. The tables are only read.
+    * Returns a `ValidationReport`: ``valid`` is False when a critical expectation failed or could
+      not be evaluated (a missing column, an unreadable file); warnings never make it invalid.
+      ``report.exit_code`` is 0 or EXIT_INVALID (4); ``report.summary()`` is the one-screen text.
+    * Raises UsageError when the folder is not an affectflow output (no manifest, or one without
+      labels/counts).
+    * Memory stays bounded whatever the table size: DuckDB streams the Parquet files within
+      ``settings.memory_limit`` (spilling to a temporary folder), GX holds aggregates only.
+
+    Example::
+
+        report = validate_output("out/demo", load_config().job.validation)
+        if not report.valid:
+            print(report.summary())
+    """
+    started = time.time()
+    settings = settings or ValidationConfig()
+    output = Path(output_dir).resolve()
+    facts = run_facts(read_output_manifest(output))
+    validation_dir = output / VALIDATION_DIR
+    docs_dir = validation_dir / DATA_DOCS_DIR
+    shutil.rmtree(docs_dir, ignore_errors=True)
+    docs_dir.mkdir(parents=True)
+    with tempfile.TemporaryDirectory(prefix="affectflow-validate-") as scratch:
+        catalog = Path(scratch) / "catalog.duckdb"
+        build_catalog(output, catalog, facts.schemas())
+        results = run_suites(catalog, Path(scratch), suites(facts, settings), settings, docs_dir, facts.run_id)
+    report = _report(output, facts, results, started, validation_dir / RESULTS_FILE, docs_dir / "index.html")
+    _write_json(validation_dir / RESULTS_FILE, {
+        "output": report.output, "run_id": report.run_id, "valid": report.valid, "validated_at": report.validated_at,
+        "duration_s": report.duration_s, "settings": settings.model_dump(mode="json"),
+        "expectations": {"evaluated": report.evaluated, "failed_critical": len(report.failed),
+                         "warnings": len(report.warnings)},
+        "failed": [f.as_dict() for f in report.failed], "warnings": [f.as_dict() for f in report.warnings],
+        "data_docs": os.path.relpath(report.data_docs_path, output),
+        "suites": {name: r.to_json_dict() for name, r in results.items()}})
+    mark_manifests(output, facts.run_id, report.manifest_entry())
+    return report
+
+
+def run_facts(manifest: dict) -> RunFacts:
+    """What the suites need from a run manifest: label sets, counts, the frame feature groups."""
+    return RunFacts(run_id=str(manifest["run_id"]), labels=tuple(manifest["labels"]),
+                    broad_labels=tuple(manifest["broad_labels"]), counts=dict(manifest["counts"]),
+                    feature_groups=manifest_feature_groups(manifest))
+
+
+def _report(output: Path, facts: RunFacts, results: dict, started: float, results_path: Path,
+            data_docs: Path) -> ValidationReport:
+    """The verdict from the GX results: critical failures first, then warnings, by table and column."""
+    findings = [finding(r) for name in results for r in results[name].results if not r.success]
+    order = {t: i for i, t in enumerate(("frames", "videos", "dead_letters"))}
+    findings.sort(key=lambda f: (f.severity != "critical", order.get(f.table, 9), f.column, f.rule))
+    return ValidationReport(
+        output=str(output), run_id=facts.run_id,
+        valid=not any(f.severity == "critical" for f in findings),
+        failed=tuple(f for f in findings if f.severity == "critical"),
+        warnings=tuple(f for f in findings if f.severity != "critical"),
+        evaluated=sum(len(r.results) for r in results.values()),
+        duration_s=round(time.time() - started, 3),
+        results_path=str(results_path), data_docs_path=str(data_docs),
+        validated_at=dt.datetime.now(dt.timezone.utc).isoformat())
+
+
+def read_output_manifest(output: Path) -> dict:
+    """The output's latest run manifest; UsageError when the folder is not an affectflow output."""
+    path = output / MANIFEST_FILE
+    if not path.is_file():
+        raise UsageError(f"{output} is not an affectflow output: {path} does not exist")
+    manifest = json.loads(path.read_text())
+    absent = [k for k in ("run_id", "labels", "broad_labels", "counts") if k not in manifest]
+    counts = manifest.get("counts") or {}
+    absent += [f"counts.{k}" for k in ("matched", "ok", "no_face", "failed") if k not in counts]
+    if absent:
+        raise UsageError(f"{path} lacks {', '.join(absent)}; was it written by affectflow run?")
+    return manifest
+
+
+def _write_json(path: Path, data: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=str))
+    os.replace(tmp, path)
+
+
+def mark_manifests(output: Path, run_id: str, entry: dict) -> None:
+    """Put ``entry`` as ``validation`` into the latest and the run's own run_manifest.json, when
+    they are ``run_id``'s (a later run's manifest is left alone)."""
+    for path in (output / MANIFEST_FILE, output / "runs" / run_id / MANIFEST_FILE):
+        if path.is_file():
+            manifest = json.loads(path.read_text())
+            if manifest.get("run_id") == run_id:
+                manifest["validation"] = entry
+                _write_json(path, manifest)
