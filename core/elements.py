@@ -12,6 +12,8 @@ from typing import Any, Optional
 
 import numpy as np
 
+from core.errors import is_transient
+
 
 @dataclass(frozen=True)
 class VideoInput:
@@ -147,18 +149,26 @@ class Unchanged:
 
 @dataclass(frozen=True)
 class DeadLetter:
-    """A failure, recorded as data: one per failed probe, segment, chunk or write."""
+    """A failure, recorded as data: one per failed probe, segment, chunk or write.
+
+    ``retryable``: the failure may pass on its own (core.errors.is_transient: out of memory,
+    disk or network errors, timeouts), so the next run processes the video again even when
+    its bytes and settings are unchanged; a lasting failure (a damaged file, a crop or model
+    error on these bytes) is not retried until something changes.
+    """
     video_id: str
     source_path: str
     stage: str
     error_type: str
     error_message: str
     segment_index: Optional[int] = None
+    retryable: bool = False
 
     @classmethod
     def from_exception(cls, video_id: str, source_path: str, stage: str, exc: BaseException,
                        segment_index: Optional[int] = None) -> "DeadLetter":
-        return cls(video_id, source_path, stage, type(exc).__name__, str(exc)[:2000], segment_index)
+        return cls(video_id, source_path, stage, type(exc).__name__, str(exc)[:2000], segment_index,
+                   is_transient(exc))
 
 
 @dataclass(frozen=True)

@@ -30,6 +30,11 @@ TRANSIENT_TYPES: tuple[type[BaseException], ...] = (OSError, MemoryError, Timeou
 TRANSIENT_TYPE_NAMES = frozenset({"ResourceExhaustedError", "UnavailableError", "DeadlineExceededError"})
 
 
+def is_transient_type(kind: type) -> bool:
+    """True for an exception type that may not happen again on a retry (see TRANSIENT_TYPES)."""
+    return issubclass(kind, TRANSIENT_TYPES) or kind.__name__ in TRANSIENT_TYPE_NAMES
+
+
 def is_transient(exc: BaseException) -> bool:
     """True when ``exc`` may not happen again on a retry (see TRANSIENT_TYPES)."""
-    return isinstance(exc, TRANSIENT_TYPES) or type(exc).__name__ in TRANSIENT_TYPE_NAMES
+    return is_transient_type(type(exc))

@@ -166,6 +166,10 @@ class ValidationConfig(Section):
 class JobConfig(Section):
     input: Optional[str] = Field(None, description="Glob, folder or manifest (.csv / .parquet); --input.")
     output: Optional[str] = Field(None, description="Output folder (any Beam filesystem path); --output.")
+    archive_root: Optional[str] = Field(
+        None, description="Folder that generated video ids are relative to (stem + hash of the path below it). "
+        "null: the root the output's first run recorded, else the input folder. Set it to your archive's top "
+        "folder on the first run; when the whole archive moves, point it at the new place and the ids stay.")
     decode: DecodeConfig = Field(default_factory=DecodeConfig)
     faces: FacesConfig = Field(default_factory=FacesConfig)
     emotion: EmotionConfig = Field(default_factory=EmotionConfig)

@@ -1,6 +1,6 @@
 """Frame labels -> one label per video: the Top-1 and the threshold methods (pure NumPy).
 
-The methods (seed 002, Yang, Lee & Park), on a video's per-class counts of frame labels,
+The methods (Yang, Lee & Park: frame-to-video aggregation of facial-expression labels), on a video's per-class counts of frame labels,
 counting only frames with a classified face (n_total):
 
 * Top-1: the most frequent label. Ties go to the label that comes first in the model's
@@ -105,7 +105,8 @@ def apply_methods(counts: np.ndarray, labels: Sequence[str], neutral_label: str,
     sub = counts[:, non_neutral]
     m_idx = non_neutral[sub.argmax(axis=1)]
     n_m = counts[np.arange(len(counts)), m_idx]
-    passes = n_m >= threshold * n_total - _EPS
+    # n_m > 0: a tiny threshold times n_total can fall below _EPS, and no label comes from zero frames.
+    passes = (n_m > 0) & (n_m >= threshold * n_total - _EPS)
     fallback_label = top1 if fallback == "top1" else np.full(len(counts), neutral_label, dtype=object)
     chosen = np.where(passes & has_frames, names[m_idx], fallback_label)
     # No non-neutral frame at all: there is no candidate m (not the first label with count 0).

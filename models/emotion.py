@@ -40,6 +40,7 @@ from apache_beam.ml.inference.base import ModelHandler
 
 from models.registry import ResolvedModel, get_spec, resolve
 from models.store import cache_home
+from models.tflite import interpreter
 from core.elements import FaceChunk, ScoredChunk
 
 CROP_SIZE = 64
@@ -126,8 +127,7 @@ class TFLiteClassifier:
     """
 
     def __init__(self, path: str, batch: int = TFLITE_BATCH, num_threads: int = 2, n_classes: Optional[int] = None):
-        import tensorflow as tf
-        self._interpreter = tf.lite.Interpreter(model_path=path, num_threads=num_threads)
+        self._interpreter = interpreter(path, num_threads)
         inp = self._interpreter.get_input_details()[0]
         self._input_index = inp["index"]
         outputs = self._interpreter.get_output_details()

@@ -21,6 +21,7 @@ import cv2
 import numpy as np
 
 from models.registry import ResolvedModel
+from models.tflite import interpreter
 
 
 @dataclass
@@ -128,8 +129,7 @@ class BlazeFaceDetector:
 
     def __init__(self, model_path: str, input_size: int, strides: tuple[int, ...], interpolated: bool,
                  min_score: float = 0.5, iou_threshold: float = 0.3, num_threads: int = 1):
-        import tensorflow as tf
-        self._interpreter = tf.lite.Interpreter(model_path=model_path, num_threads=num_threads)
+        self._interpreter = interpreter(model_path, num_threads)
         self._interpreter.allocate_tensors()
         inp = self._interpreter.get_input_details()[0]
         outs = sorted(self._interpreter.get_output_details(), key=lambda d: d["shape"][-1], reverse=True)

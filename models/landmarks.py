@@ -19,6 +19,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import cv2
 import numpy as np
 
+from models.tflite import interpreter
+
 N_LANDMARKS = 468
 MESH_INPUT = 192
 ROI_SCALE = 1.5
@@ -60,8 +62,7 @@ class FaceMesh:
     """The face mesh on TF Lite; one interpreter per instance (not thread-safe)."""
 
     def __init__(self, model_path: str, num_threads: int = 1):
-        import tensorflow as tf
-        self._interpreter = tf.lite.Interpreter(model_path=model_path, num_threads=num_threads)
+        self._interpreter = interpreter(model_path, num_threads)
         self._interpreter.allocate_tensors()
         self._input = self._interpreter.get_input_details()[0]["index"]
         outputs = sorted(self._interpreter.get_output_details(), key=lambda d: int(np.prod(d["shape"])))

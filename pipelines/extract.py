@@ -91,11 +91,15 @@ def build(p: beam.Pipeline, config: RunConfig, plan: RunPlan) -> PipelineOutputs
     return PipelineOutputs(outcomes)
 
 
-# Settings that change no row: work-unit and file layout, batch sizes, where things are, display.
-_NOT_FINGERPRINTED = {("input",), ("output",), ("progress",), ("validation",), ("models",),
-                      ("decode", "segment_seconds"), ("decode", "chunk_frames"), ("decode", "decoder_threads"),
-                      ("emotion", "max_batch"),
-                      ("features", "feature_set")}
+# The version of what a run computes per frame and per video. Bump it when a change to the code makes
+# the same bytes and settings give other rows: every video is then processed again by its next run.
+EXTRACTION_VERSION = 2
+# Settings that change no frame row: file layout, batch sizes, where things are, display. The
+# aggregate.* settings only decide video labels, which a rerun recomputes from the counts without
+# decoding (pipelines.runs); segment_seconds stays in: it shows in segment_index and segments.
+_NOT_FINGERPRINTED = {("input",), ("output",), ("archive_root",), ("progress",), ("validation",), ("models",),
+                      ("aggregate",), ("decode", "chunk_frames"), ("decode", "decoder_threads"),
+                      ("emotion", "max_batch"), ("features", "feature_set")}
 
 
 def _drop_unused_feature_settings(features: dict) -> None:
@@ -116,7 +120,10 @@ def settings_fingerprint(config: RunConfig, models: Sequence[ResolvedModel]) -> 
                         if isinstance(value, dict) else value)
               for section, value in job.items() if (section,) not in _NOT_FINGERPRINTED}
     _drop_unused_feature_settings(shaped["features"])
-    payload = {"settings": shaped, "models": [(m.spec.name, dict(m.sha256)) for m in models]}
+    if config.job.features.geometry_baseline:           # the baseline is the median over neutral-labelled frames
+        shaped["features"]["neutral_label"] = config.job.aggregate.neutral_label
+    payload = {"version": EXTRACTION_VERSION, "settings": shaped,
+               "models": [(m.spec.name, dict(m.sha256)) for m in models]}
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
 
 
@@ -153,15 +160,18 @@ def run_pipeline(config: RunConfig, plan: RunPlan) -> None:
             result.client.close()
 
 
-def execute(config: RunConfig, argv_for_manifest: Optional[list[str]] = None, force: bool = False) -> dict:
+def execute(config: RunConfig, argv_for_manifest: Optional[list[str]] = None, force: bool = False,
+            wait_s: float = 0.0, prune: bool = False) -> dict:
     """Run the whole job; return the run manifest.
 
     Videos whose bytes, models and settings are unchanged since their row was written are
-    skipped (``force`` processes everything). The manifest goes to ``<output>/run_manifest.json``
-    (the latest run) and ``<output>/runs/<run_id>/run_manifest.json`` (kept for provenance).
+    skipped (``force`` processes everything); ``wait_s``: how long to wait for another run
+    holding the output; ``prune``: remove the videos whose input file is gone. The manifest
+    goes to ``<output>/run_manifest.json`` (the latest run) and
+    ``<output>/runs/<run_id>/run_manifest.json`` (kept for provenance).
     """
-    with OutputRun(config, argv_for_manifest, force) as run:
-        inputs, extra_fields = discover(config.job.input)
+    with OutputRun(config, argv_for_manifest, force, wait_s, prune) as run:
+        inputs, extra_fields = discover(config.job.input, run.archive_root())
         models = resolve_models(config)
         plan = run.plan(inputs, extra_fields, aggregation_settings(config), frame_feature_groups(config),
                         settings_fingerprint(config, models), [m.manifest_entry() for m in models])

@@ -15,8 +15,6 @@ VIDEO_STATUSES = ("ok", "no_face", "failed")
 FALLBACKS = ("neutral", "top1")
 # Where a failure can happen (dead_letters.stage).
 DEAD_LETTER_STAGES = ("probe", "decode", "detect", "landmarks", "emotion", "features", "write", "aggregate", "ingest")
-# Stages whose failures come from the input's bytes: the same bytes fail the same way.
-INPUT_STAGES = ("probe", "decode", "ingest")
 
 
 @dataclass(frozen=True)

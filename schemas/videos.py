@@ -84,6 +84,10 @@ def dead_letter_columns() -> list[Column]:
         Column("segment_index", pa.int32(), True, "Segment that failed, when the failure is segment-level."),
         Column("error_type", pa.string(), False, "Exception class name."),
         Column("error_message", pa.string(), False, "Exception message."),
+        Column("retryable", pa.bool_(), False, "The failure may pass on its own (out of memory, a disk or network "
+                                               "error, a timeout): the next run processes the video again. Otherwise "
+                                               "it is not retried while the file's bytes and the settings stay the "
+                                               "same."),
         Column("run_id", pa.string(), False, "Run that recorded the failure."),
     ]
 

@@ -1,4 +1,4 @@
-"""Top-1 and threshold aggregation of frame labels into a video label (seed 002).
+"""Top-1 and threshold aggregation of frame labels into a video label (Yang, Lee & Park).
 
 Every count table below is literal; the label order is FER2013's:
     angry, disgust, fear, happy, sad, surprise, neutral

@@ -86,7 +86,7 @@ def test_beam_args_flag_forms():
     (["decode.sampel_fps=5"], "unknown key decode.sampel_fps; allowed under decode: segment_seconds, sample_fps, "
                               "chunk_frames, decoder_threads"),
     (["job.faces.detectr=ssd_res10"], "unknown key faces.detectr; allowed under faces:"),
-    (["inptu=/videos"], "unknown key inptu; allowed under job: input, output, decode,"),
+    (["inptu=/videos"], "unknown key inptu; allowed under job: input, output, archive_root, decode,"),
     (["decoder.sample_fps=5"], "unknown key decoder"),
 ])
 def test_unknown_keys_are_named_with_the_allowed_ones(sets, expected):

@@ -1,4 +1,4 @@
-"""Input discovery: globs, directories and manifests (transforms.discover).
+"""Input discovery: globs, directories and manifests (pipelines.inputs).
 
 Files are empty placeholders: discover lists paths, it never opens a video.
 """
@@ -147,7 +147,7 @@ def test_manifest_csv(tmp_path):
     manifest = write_csv(tmp_path / "m", "path,video_id,label,subject_id,age\n"
                                          "clips/a.mp4,vid-a,1,007,5\n"
                                          "../other/b.mov,,happy,s2,9\n"
-                                         "/abs/c.mp4,123,sad,s3,11\n")
+                                         "/abs/c.mp4,c-123,sad,s3,11\n")
     videos, extra = discover(str(manifest))
     assert extra == [pa.field("age", pa.int64())]
     assert videos == [
@@ -155,17 +155,32 @@ def test_manifest_csv(tmp_path):
         # outside the manifest folder there is no relative path: the id hashes the full path
         VideoInput(expected_id("b", str(tmp_path / "other" / "b.mov")), str(tmp_path / "other" / "b.mov"),
                    "happy", "s2", (("age", 9),)),
-        VideoInput("123", "/abs/c.mp4", "sad", "s3", (("age", 11),)),
+        VideoInput("c-123", "/abs/c.mp4", "sad", "s3", (("age", 11),)),
     ]
 
 
 def test_manifest_numeric_looking_values_stay_strings(tmp_path):
-    """Labels, subjects and ids that look like numbers are kept verbatim as strings."""
-    manifest = write_csv(tmp_path, "path,video_id,label,subject_id\na.mp4,0042,3,007\nb.mp4,7,0,1.50\n")
+    """Labels and subjects that look like numbers are kept verbatim as strings."""
+    manifest = write_csv(tmp_path, "path,video_id,label,subject_id\na.mp4,v0042,3,007\nb.mp4,v7,0,1.50\n")
     videos, extra = read_manifest(str(manifest))
     assert extra == []
-    assert [(v.video_id, v.true_label, v.subject_id) for v in videos] == [("0042", "3", "007"), ("7", "0", "1.50")]
+    assert [(v.video_id, v.true_label, v.subject_id) for v in videos] == [("v0042", "3", "007"), ("v7", "0", "1.50")]
     assert all(type(v.true_label) is str for v in videos)
+
+
+@pytest.mark.parametrize("video_id", ["001", "1", "2024-01-01", "1e5", "3.5", "true", "NaN", "2024-01-01T10"])
+def test_ids_that_readers_would_not_read_back_as_text_are_refused(tmp_path, video_id):
+    """DuckDB and pandas type Hive partition values: '001' and '1' both become 1, '2024-01-01' a date."""
+    manifest = write_csv(tmp_path, f"path,video_id\na.mp4,{video_id}\n")
+    with pytest.raises(InputError, match=f"video_id '{video_id}' would be read back as a number, date or boolean"):
+        read_manifest(str(manifest))
+
+
+def test_an_id_with_a_trailing_newline_or_a_slash_is_refused(tmp_path):
+    for bad in ('"abc\n"', "../up", "a/b"):
+        manifest = write_csv(tmp_path, f"path,video_id\na.mp4,{bad}\n")
+        with pytest.raises(InputError, match="must match"):
+            read_manifest(str(manifest))
 
 
 def test_manifest_ids_match_directory_ids(tmp_path):

@@ -190,7 +190,7 @@ def test_rerun_replaces_partitions_and_aggregate_recomputes(tmp_path, single_fac
     _run(tmp_path / "s.mp4", out, "decode.chunk_frames=1024", force=True)
     assert len(list((out / "frames").rglob("*.parquet"))) == 1          # the 5 old chunk files are gone
     assert read_table(str(out), "frames").num_rows == 72
-    strict = reaggregate(str(out), aggregation_settings(load_config(None, None, ["aggregate.threshold=1.0"])))
+    strict = reaggregate(str(out), load_config(None, None, ["aggregate.threshold=1.0", "progress=false"]))
     row = strict.to_pylist()[0]
     assert row["threshold"] == 1.0
     # With threshold 1.0 only a video whose every frame carries one non-neutral label keeps it.
@@ -214,7 +214,7 @@ def test_dask_runner_gives_the_same_tables_as_direct(tmp_path, single_face):
     shutil.copy(single_face, inputs / "s.mp4")
     media.no_face_video(inputs / "gradient.mp4")
     media.zero_byte_file(inputs / "empty.mp4")
-    sets = ["decode.chunk_frames=20"]
+    sets = ["decode.chunk_frames=20", "decode.segment_seconds=30"]   # dask.yaml's segments: one settings fingerprint
     _run(inputs, tmp_path / "direct", *sets)
     dask_config = str(Path(__file__).resolve().parent.parent / "runner_configs" / "dask.yaml")
     config = load_config(dask_config, {"input": str(inputs), "output": str(tmp_path / "dask")},

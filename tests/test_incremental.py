@@ -66,10 +66,26 @@ def test_new_and_changed_files_are_processed_exactly(archive, tmp_path, single_f
 def test_changed_settings_reprocess_and_force_reprocesses(archive, tmp_path):
     out = tmp_path / "out"
     _run(archive, out)
-    assert _run(archive, out, "aggregate.threshold=0.5")["counts"]["processed"] == 3
-    assert _run(archive, out, "aggregate.threshold=0.5")["counts"]["processed"] == 0
-    assert _run(archive, out, "aggregate.threshold=0.5", force=True)["counts"]["processed"] == 3
+    assert _run(archive, out, "faces.min_score=0.8")["counts"]["processed"] == 3
+    assert _run(archive, out, "faces.min_score=0.8")["counts"]["processed"] == 0
+    assert _run(archive, out, "faces.min_score=0.8", force=True)["counts"]["processed"] == 3
     assert sum(_frame_rows(out).values()) == 88
+
+
+def test_changed_aggregate_settings_relabel_without_decoding(archive, tmp_path):
+    """The threshold decides labels only: a rerun recomputes them from each row's counts."""
+    out = tmp_path / "out"
+    _run(archive, out)
+    frames_before = {p: p.stat().st_mtime_ns for p in (out / "frames").rglob("*.parquet")}
+    run = _run(archive, out, "aggregate.threshold=1.0", "aggregate.fallback=top1")
+    c = run["counts"]
+    assert (c["processed"], c["skipped"], c["relabelled"], c["accounted"]) == (0, 3, 3, True)
+    videos = read_table(str(out), "videos").to_pandas()
+    assert set(videos.threshold) == {1.0} and set(videos.fallback) == {"top1"}
+    ok = videos[videos.status == "ok"]
+    assert (ok.threshold_label == ok.top1_label).all()        # no emotion fills every frame: the Top-1 fallback
+    assert {p: p.stat().st_mtime_ns for p in (out / "frames").rglob("*.parquet")} == frames_before
+    assert run["validation"]["valid"] is True, run["validation"]
 
 
 def test_settings_of_steps_that_are_off_do_not_force_a_rerun(archive, tmp_path):
@@ -118,9 +134,10 @@ def test_crash_during_commit_then_rerun_completes_without_duplicates(archive, tm
     assert (out / "_staging").exists()
     committed = {p.name for p in (out / "videos").iterdir()}
     assert len(committed) == 1
-    run = _run(archive, out)
+    run = _run(archive, out)                # finishes the interrupted commit first: nothing to decode again
     c = run["counts"]
-    assert (c["matched"], c["processed"], c["skipped"], c["accounted"]) == (3, 2, 1, True)
+    assert (c["matched"], c["processed"], c["skipped"], c["accounted"]) == (3, 0, 3, True)
+    assert len(run["recovered_commits"]) == 1
     assert sum(_frame_rows(out).values()) == 88
     assert read_table(str(out), "videos").num_rows == 3
     assert not (out / "_staging").exists()

@@ -30,7 +30,6 @@ from schemas.external import OPENFACE_INTENSITY_AUS, OPENFACE_PRESENCE_AUS, PYFE
 from schemas.columns import PARTITION_COLUMN, prob_column
 from schemas.features import feature_set_columns
 from schemas.frames import frame_schema
-from models.aggregation import AggregationSettings
 
 # --- OpenFace 2.0 ------------------------------------------------------------------------------
 
@@ -261,7 +260,7 @@ def test_openface_ingest_validates(openface_out):
 
 def test_reaggregate_after_ingest(openface_out, tmp_path):
     output, _ = openface_out
-    strict = AggregationSettings(labels=FER2013_LABELS, threshold=0.9, fallback="neutral")
+    strict = load_config(None, None, ["aggregate.threshold=0.9", "aggregate.fallback=neutral"])
     table = reaggregate(str(output), strict, str(tmp_path))
     labels = {Path(r["source_path"]).name: (r["top1_label"], r["threshold_label"]) for r in table.to_pylist()}
     assert labels == {"happy.csv": ("happy", "happy"),           # 3 of 3 face frames happy >= 0.9

@@ -22,6 +22,7 @@ import apache_beam as beam
 from apache_beam.ml.inference.base import ModelHandler, RunInference
 
 from core.elements import DeadLetter, ScoredChunk
+from core.errors import is_transient_type
 
 DEAD_LETTERS = "dead_letters"
 MAIN = "main"
@@ -95,7 +96,7 @@ def failed_batch_dead_letters(failed: tuple, stage: str) -> list[DeadLetter]:
     batch, (exc_type, exc_repr, trace) = failed
     last = trace[-1].strip() if trace else exc_repr
     message = last.split(": ", 1)[1] if last.startswith(exc_type.__name__ + ": ") else exc_repr
-    return [DeadLetter(video_id, "", stage, exc_type.__name__, message[:2000], segment)
+    return [DeadLetter(video_id, "", stage, exc_type.__name__, message[:2000], segment, is_transient_type(exc_type))
             for video_id, segment in map(_video_of, batch)]
 
 

@@ -21,6 +21,7 @@ from typing import Iterable, Mapping, Optional, Sequence
 import apache_beam as beam
 import numpy as np
 import pyarrow as pa
+from apache_beam.io.filesystems import FileSystems
 
 from core.elements import ChunkSummary, DeadLetter, VideoInfo, VideoInput, VideoOutcome, VideoResults
 from models.aggregation import LABEL_COLUMNS_NULLED_WHEN_FAILED, AggregationSettings, video_labels
@@ -55,14 +56,15 @@ def completeness_failures(video: VideoInput, info: Optional[VideoInfo], summarie
     two (a model failing on a chunk is not a damaged file).
     """
     if info is None:
+        # Nothing explains it: a worker was lost, or a bug. Retried by the next run.
         return [] if failures else [DeadLetter(video.video_id, video.path, "aggregate", "MissingProbe",
-                                               "the video was never probed")]
+                                               "the video was never probed", retryable=True)]
     explained = {f.segment_index for f in failures if f.segment_index is not None}
     found = []
     missing = [seg for seg in _missing_segments(info, summaries) if seg not in explained]
     if missing:
         found.append(DeadLetter(video.video_id, video.path, "aggregate", "IncompleteOutput",
-                                f"segments {missing} produced no complete frame output"))
+                                f"segments {missing} produced no complete frame output", retryable=True))
     decoded = sum(s.frames_decoded for s in summaries)
     if not explained and info.frame_count_header and decoded < TRUNCATION_RATIO * info.frame_count_header:
         found.append(DeadLetter(video.video_id, video.path, "decode", "TruncatedVideo",
@@ -111,8 +113,8 @@ def build_video_row(video: VideoInput, info: Optional[VideoInfo], summaries: Seq
 
 def dead_letter_rows(failures: Iterable[DeadLetter], run_id: str) -> list[dict]:
     return [{"video_id": f.video_id, "source_path": f.source_path, "stage": f.stage,
-             "segment_index": f.segment_index, "error_type": f.error_type,
-             "error_message": f.error_message, "run_id": run_id} for f in failures]
+             "segment_index": f.segment_index, "error_type": f.error_type, "error_message": f.error_message,
+             "retryable": f.retryable, "run_id": run_id} for f in failures]
 
 
 def _keyed(element) -> tuple[str, object]:
@@ -186,13 +188,35 @@ class WriteVideoRowFn(beam.DoFn):
         if results.unchanged:
             yield VideoOutcome(results.video_id, "skipped", 0, 0)
             return
-        failures = list(results.failures)
+        try:
+            row, failures = self._row(results, list(results.failures))
+            write_video_files(self._root, row, self._schema, dead_letter_rows(failures, self._run_id), self._metadata)
+        except Exception as exc:  # noqa: BLE001 - this video fails, the run goes on
+            # A failed row instead (retried by the next run); if even that cannot be written, the run's
+            # skeleton writes one after the pipeline (pipelines.runs), so every input keeps its row.
+            failures = [*results.failures, DeadLetter.from_exception(results.video_id, results.input.path,
+                                                                     "write", exc)]
+            try:
+                row, _ = self._row(results, failures)
+            except Exception:  # noqa: BLE001 - the row cannot be built from these results: count no frames
+                row, _ = self._row(dataclasses.replace(results, info=None, summaries=()), failures)
+                _remove_frames(self._root, results.video_id)
+            write_video_files(self._root, row, self._schema, dead_letter_rows(failures, self._run_id), self._metadata)
+        yield VideoOutcome(results.video_id, row["status"], row["frames_sampled"], row["frames_with_face"])
+
+    def _row(self, results: VideoResults, failures: list[DeadLetter]) -> tuple[dict, list[DeadLetter]]:
         row = build_video_row(results.input, results.info, results.summaries, failures, self._settings, self._run_id)
         if results.content_hash is not None and results.info is None:   # unprobeable, bytes known: a rerun can skip it
             row.update(content_sha256=results.content_hash.content_sha256, size_bytes=results.content_hash.size_bytes)
         row.update(self._provenance, processed_at=dt.datetime.now(dt.timezone.utc))
-        write_video_files(self._root, row, self._schema, dead_letter_rows(failures, self._run_id), self._metadata)
-        yield VideoOutcome(results.video_id, row["status"], row["frames_sampled"], row["frames_with_face"])
+        return row, failures
+
+
+def _remove_frames(root: str, video_id: str) -> None:
+    """Delete a video's frame files under ``root`` (its row will count no frames)."""
+    folder = partition_dir(root, "frames", video_id)
+    if FileSystems.exists(folder):
+        FileSystems.delete([folder])
 
 
 def write_video_files(root: str, row: dict, schema: pa.Schema, dead_letters: list[dict],

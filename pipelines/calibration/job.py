@@ -123,7 +123,26 @@ def calibrate_counts(video_ids: np.ndarray, counts: np.ndarray, true_labels: np.
         raise ValueError(f"cannot fit on the {fit_on} setting: {report['settings'][fit_on]['reason']}")
     fitted = report["settings"][fit_on]["fitted"]
     report["fitted"] = {"setting": fit_on, "threshold": fitted["threshold"], "fallback": fitted["fallback"]}
+    report["warnings"] = fit_warnings(report["settings"][fit_on])
     return Calibration(report, pa.table(columns))
+
+
+MIN_VIDEOS_PER_CLASS = 5        # below this a fitted threshold says more about the sample than about the data
+
+
+def fit_warnings(setting: dict) -> list[str]:
+    """Why a fitted threshold should not be trusted: one true class, or too few videos of a class."""
+    counts = setting["class_counts"]
+    warnings = []
+    if len(counts) < 2:
+        warnings.append(f"the labelled videos have only one true class ({', '.join(counts)}): the threshold is fitted "
+                        "to reproduce that class, not to tell classes apart")
+    small = {c: n for c, n in counts.items() if n < MIN_VIDEOS_PER_CLASS}
+    if small:
+        warnings.append(f"{setting['n_videos']} labelled videos, and classes with fewer than {MIN_VIDEOS_PER_CLASS}: "
+                        + ", ".join(f"{c} {n}" for c, n in small.items())
+                        + "; the fitted threshold and the cross-validated figures are unreliable")
+    return warnings
 
 
 def _prediction_columns(setting: str, labels: np.ndarray, codes: np.ndarray, scored: np.ndarray,

@@ -1,7 +1,7 @@
 """The calibration report: one self-contained HTML file (PNG figures embedded as base64), the
 terminal table and the config fragment.
 
-Input is the JSON-ready report of `pipelines.calibrate` (every number comes from it, so
+Input is the JSON-ready report of `pipelines.calibration.job` (every number comes from it, so
 the HTML and calibration.json cannot disagree). Per evaluated label setting: the paper's
 table (data set | threshold accuracy | optimal threshold | Top-1 accuracy | difference),
 a metrics table, the folds, and three figures (``FIGURES``): accuracy and UAR versus
@@ -235,6 +235,7 @@ def render_html(report: dict) -> str:
         f"<h1>Threshold calibration: {_e(report['dataset'])}</h1>",
         f"<p>{summary}</p>",
         f'<p class="caveat">{_e(report["caveat"])}</p>',
+        *[f'<p class="caveat"><strong>Warning:</strong> {_e(w)}</p>' for w in report.get("warnings", [])],
         f"<h2>Fitted threshold</h2><p>{fit['threshold']:.2f} with fallback {_e(fit['fallback'])}, chosen on all "
         f"labelled videos in the {_e(fit['setting'])} setting; written as <code>threshold.yaml</code>:</p>",
         f"<pre>{_e(fragment_text(report))}</pre>",
@@ -258,6 +259,7 @@ def fragment_text(report: dict) -> str:
         "Use: affectflow run --config runner_configs/local.yaml --config threshold.yaml ...",
         "     affectflow aggregate --output OUT --config threshold.yaml",
     ]
+    header += [f"WARNING: {w}" for w in report.get("warnings", [])]
     body = yaml.safe_dump({"job": {"aggregate": {"threshold": round(float(fit["threshold"]), 10),
                                                  "fallback": fit["fallback"]}}}, sort_keys=False)
     return "".join(f"# {line}\n" for line in header) + body

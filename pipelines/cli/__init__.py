@@ -20,26 +20,27 @@ from __future__ import annotations
 import logging
 import os
 import sys
-import warnings
 
 from pipelines.cli.parser import build_parser
 from pipelines.cli.summary import EXIT_RUN_FAILED, EXIT_USAGE
-
-
-def _quiet_libraries() -> None:
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    warnings.filterwarnings("ignore", category=UserWarning)
-    warnings.filterwarnings("ignore", category=DeprecationWarning)
-    logging.getLogger("apache_beam").setLevel(logging.ERROR)
-    logging.getLogger("distributed").setLevel(logging.ERROR)
+from pipelines.cli.terminal import configure_logging, discard_log, keep_log, native_output_to_log
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run one command; return its exit code (see the module docstring)."""
     args = build_parser(__doc__).parse_args(argv)
-    _quiet_libraries()
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    with native_output_to_log(enabled=not args.verbose) as native_log:
+        configure_logging(args.verbose)
+        code = _dispatch(args)
+    if code == EXIT_RUN_FAILED and keep_log(native_log):
+        print(f"  messages of the native libraries (TensorFlow, FFmpeg): {native_log}", file=sys.stderr)
+    else:
+        discard_log(native_log)
+    return code
+
+
+def _dispatch(args) -> int:
     from core.errors import UsageError
     from pipelines.cli.commands import HANDLERS
     try:

@@ -15,7 +15,8 @@ def _config(args, inputs: dict | None = None):
 def run(args: argparse.Namespace, input_path: str | None = None, output: str | None = None) -> int:
     from pipelines.extract import execute
     config = _config(args, {"input": input_path or args.input, "output": output or args.output})
-    manifest = execute(config, sys.argv, force=getattr(args, "force", False))
+    manifest = execute(config, sys.argv, force=getattr(args, "force", False), wait_s=getattr(args, "wait", 0.0),
+                       prune=getattr(args, "prune", False))
     print_summary(manifest)
     return run_exit_code(manifest)
 
@@ -27,7 +28,6 @@ def demo(args: argparse.Namespace) -> int:
 
 
 def aggregate(args: argparse.Namespace) -> int:
-    from pipelines.extract import aggregation_settings
     from pipelines.reaggregate import reaggregate
     sets = list(args.set)
     if args.threshold is not None:
@@ -35,10 +35,11 @@ def aggregate(args: argparse.Namespace) -> int:
     if args.fallback:
         sets.append(f"aggregate.fallback={args.fallback}")
     args.set = sets
-    settings = aggregation_settings(_config(args))
-    table = reaggregate(args.output, settings, args.dest)
+    config = _config(args)
+    table = reaggregate(args.output, config, args.dest, args.wait, sys.argv)
     labels = table.column("threshold_label").to_pylist()
-    print(f"re-aggregated {table.num_rows} videos with threshold {settings.threshold}, fallback {settings.fallback}: "
+    a = config.job.aggregate
+    print(f"re-aggregated {table.num_rows} videos with threshold {a.threshold}, fallback {a.fallback}: "
           + ", ".join(f"{l} {labels.count(l)}" for l in sorted({str(x) for x in labels})))
     print(f"  videos {(args.dest or args.output).rstrip('/')}/videos")
     return EXIT_OK
@@ -59,6 +60,8 @@ def calibrate(args: argparse.Namespace) -> int:
     print(f"calibrate {report['dataset']}: {v['labelled']} labelled videos; {v['not_in_run']} not in the run, "
           f"{v['without_face_frames']} without a face frame (left out)")
     print(format_paper_table(report))
+    for warning in report.get("warnings", []):
+        print(f"warning: {warning}", file=sys.stderr)
     print(f"fitted on the {report['fitted']['setting']} setting: threshold {report['fitted']['threshold']:.2f}, "
           f"fallback {report['fitted']['fallback']}")
     for key in ("fragment", "html", "json", "predictions"):
@@ -75,7 +78,7 @@ def ingest(args: argparse.Namespace) -> int:
         raise UsageError(f"--fps must be > 0, got {args.fps}")
     config = _config(args, {"input": args.input, "output": args.output})
     manifest = execute_ingest(config, args.source, parse_frame_size(args.frame_size), args.fps, args.workers,
-                              args.force, sys.argv)
+                              args.force, sys.argv, args.wait)
     print_summary(manifest)
     return run_exit_code(manifest)
 
@@ -109,8 +112,12 @@ def samples(args: argparse.Namespace) -> int:
 
 
 def validate(args: argparse.Namespace) -> int:
+    from pipelines.output.lock import OutputLock
+    from pipelines.output.manifest import new_run_id
     from pipelines.validation.job import validate_output
-    report = validate_output(args.output, _config(args).job.validation)
+    settings = _config(args).job.validation
+    with OutputLock(args.output, f"validate-{new_run_id()}", " ".join(sys.argv), args.wait):
+        report = validate_output(args.output, settings)
     print(report.summary())
     return report.exit_code
 

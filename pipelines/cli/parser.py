@@ -29,6 +29,27 @@ def _add_config_args(parser: argparse.ArgumentParser) -> None:
                              "--set pipeline_options.direct_num_workers=2 (values are YAML)")
 
 
+def _add_wait_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--wait", type=float, default=0.0, metavar="SECONDS",
+                        help="when another run holds the output, wait up to this long for it (default 0: refuse at "
+                             "once, exit 3)")
+
+
+def add_run_arguments(run: argparse.ArgumentParser) -> None:
+    """The options of `affectflow run` (also read by the orchestrators' script entry, run_job.py)."""
+    run.add_argument("--input", required=True, help="a glob (quote it), a folder, or a manifest .csv/.parquet "
+                                                   "with a path column and optional video_id, label, subject_id")
+    run.add_argument("--output", required=True, help="output folder (local or any Beam filesystem path)")
+    run.add_argument("--force", action="store_true",
+                     help="process every matched video again, even those whose bytes, models and settings are "
+                          "unchanged since their row was written (by default those are skipped)")
+    run.add_argument("--prune", action="store_true",
+                     help="remove from the output the videos no input matched whose source file is gone (by default "
+                          "the summary only counts them)")
+    _add_wait_arg(run)
+    _add_config_args(run)
+
+
 def build_parser(description: str) -> argparse.ArgumentParser:
     """The `affectflow` command line: every command and its options."""
     parser = argparse.ArgumentParser(prog="affectflow", description=description,
@@ -48,13 +69,7 @@ def build_parser(description: str) -> argparse.ArgumentParser:
                                      "to skip). Exit 0 all videos ok or without a face; 1 some videos failed "
                                      "(see dead_letters/); 2 bad usage or configuration; 3 the run could not "
                                      "complete; 4 a critical validation expectation failed.")
-    run.add_argument("--input", required=True, help="a glob (quote it), a folder, or a manifest .csv/.parquet "
-                                                   "with a path column and optional video_id, label, subject_id")
-    run.add_argument("--output", required=True, help="output folder (local or any Beam filesystem path)")
-    run.add_argument("--force", action="store_true",
-                     help="process every matched video again, even those whose bytes, models and settings are "
-                          "unchanged since their row was written (by default those are skipped)")
-    _add_config_args(run)
+    add_run_arguments(run)
 
     agg = sub.add_parser("aggregate", help="recompute video labels from the frame Parquet (no decoding)",
                          description="Recompute the Top-1 and threshold labels of every video of OUTPUT from its "
@@ -63,6 +78,7 @@ def build_parser(description: str) -> argparse.ArgumentParser:
     agg.add_argument("--threshold", type=float, help="threshold in (0, 1] (default: from the config)")
     agg.add_argument("--fallback", choices=["neutral", "top1"], help="fallback when no emotion reaches the threshold")
     agg.add_argument("--dest", help="write the new video table under DEST/videos instead of replacing OUTPUT/videos")
+    _add_wait_arg(agg)
     _add_config_args(agg)
 
     cal = sub.add_parser("calibrate", help="fit the threshold and fallback on labelled videos (cross-validated)",
@@ -102,6 +118,7 @@ def build_parser(description: str) -> argparse.ArgumentParser:
                                      "reconciliation, limits) over OUTPUT's tables as SQL over the Parquet; write "
                                      "OUTPUT/validation/results.json and Data Docs; exit 4 on a critical failure.")
     val.add_argument("output", help="an affectflow output folder (with run_manifest.json)")
+    _add_wait_arg(val)
     _add_config_args(val)
     return parser
 
@@ -153,3 +170,4 @@ def _ingest_arguments(parser: argparse.ArgumentParser) -> None:
                         help="processes that map CSVs in parallel (default 1); each CSV is independent")
     parser.add_argument("--force", action="store_true",
                         help="ingest every CSV again, even those whose bytes and settings are unchanged")
+    _add_wait_arg(parser)

@@ -26,7 +26,7 @@ def label_index(probs: np.ndarray, labels: Sequence[str], neutral: str = "neutra
 
 def frame_rows(rows: ToolRows, video_id: str, width: int, height: int, labels: Sequence[str],
                groups: Sequence[str]) -> pa.Table:
-    """The frame table of one video (schemas.tables.frame_schema(labels, groups)), ordered by
+    """The frame table of one video (schemas.frames.frame_schema(labels, groups)), ordered by
     frame_index then face_index: every tracked face a row, ranked by ``rank_key`` within its
     frame (ties by box x, then y); one faceless row (the frame's first attempt) for a frame
     without a tracked face. A ``face_id`` repeated within a frame raises IngestError."""

@@ -26,7 +26,8 @@ from models.emfacs import EMFACS_NEUTRAL_GAIN, EMFACS_PROTOTYPES, EMFACS_REQUIRE
 from models.registry import FER2013_LABELS, get_spec, resolve
 from pipelines.config import RunConfig
 from pipelines.ingest.frames import map_csv
-from pipelines.inputs import is_manifest_spec, make_video_id, manifest_folder, match_files, read_manifest
+from pipelines.inputs import (check_inputs, default_root, is_manifest_spec, make_video_id, match_files,
+                              read_manifest)
 from pipelines.runs import OutputRun, RunPlan
 from schemas.external import EXTERNAL_GROUPS, OPENFACE, PYFEAT
 from schemas.videos import video_schema
@@ -76,19 +77,24 @@ def _is_manifest(path: str) -> bool:
     return "path" in [c.strip().strip('"') for c in header.split(",")]
 
 
-def discover_csvs(spec: str) -> tuple[list[VideoInput], list[pa.Field]]:
+def discover_csvs(spec: str, root: Optional[str] = None) -> tuple[list[VideoInput], list[pa.Field]]:
     """Inputs for a folder, glob, single tool CSV or manifest; plus the manifest's carried columns.
 
     The manifest's ingest columns (INGEST_MANIFEST_COLUMNS) stay in each VideoInput's ``extra``
     but are not among the returned fields; `split_ingest_columns` takes them out.
     Raises InputError when nothing matches or the manifest is malformed.
     """
+    root = root or default_root(spec)
     if is_manifest_spec(spec) and FileSystems.exists(spec):
         if _is_manifest(spec):
-            inputs, fields = read_manifest(spec)
+            inputs, fields = read_manifest(spec, root)
+            check_inputs(inputs, root, given_ids=True)
             return inputs, [f for f in fields if f.name not in INGEST_MANIFEST_COLUMNS]
-        return [VideoInput(make_video_id(spec, manifest_folder(spec)), spec)], []
-    return match_files(spec, (".csv",), ".csv files"), []
+        inputs = [VideoInput(make_video_id(spec, root), spec)]
+    else:
+        inputs = match_files(spec, (".csv",), ".csv files", root)
+    check_inputs(inputs, root)
+    return inputs, []
 
 
 def split_ingest_columns(video: VideoInput) -> tuple[VideoInput, dict]:
@@ -214,7 +220,7 @@ def _tasks(plan: RunPlan, source: str, common: str, frame_size: Optional[tuple[i
 
 def execute_ingest(config: RunConfig, source: str, frame_size: Optional[tuple[int, int]] = None,
                    fps: Optional[float] = None, workers: int = 1, force: bool = False,
-                   argv_for_manifest: Optional[list[str]] = None) -> dict:
+                   argv_for_manifest: Optional[list[str]] = None, wait_s: float = 0.0) -> dict:
     """Ingest ``config.job.input`` (tool CSVs) into ``config.job.output``; return the run manifest.
 
     ``frame_size`` (width, height) and ``fps`` apply to every CSV whose manifest row does not give
@@ -225,8 +231,8 @@ def execute_ingest(config: RunConfig, source: str, frame_size: Optional[tuple[in
     """
     if source not in SOURCES:
         raise InputError(f"source must be one of {SOURCES}, got {source!r}")
-    with OutputRun(config, argv_for_manifest, force) as run:
-        inputs, extra_fields = discover_csvs(config.job.input)
+    with OutputRun(config, argv_for_manifest, force, wait_s) as run:
+        inputs, extra_fields = discover_csvs(config.job.input, run.archive_root())
         model = _model_entry(source)
         settings = AggregationSettings.from_config(config.job.aggregate, get_spec(EMFACS_MODEL).labels)
         common = _rule_settings(config, source, model)

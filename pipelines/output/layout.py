@@ -54,3 +54,11 @@ def read_table(output: str, table: str, video_ids: Optional[Iterable[str]] = Non
 
 def has_table(output: str, table: str) -> bool:
     return FileSystems.exists(FileSystems.join(output, table))
+
+
+def output_video_ids(output: str) -> list[str]:
+    """Ids of every video with a row partition in the output (from the folder names: nothing is read)."""
+    if not has_table(output, "videos"):
+        return []
+    pattern = FileSystems.join(output, "videos", f"{PARTITION_COLUMN}=*", "*.parquet")
+    return sorted({partition_of(m.path) for r in FileSystems.match([pattern]) for m in r.metadata_list} - {None})

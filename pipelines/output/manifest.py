@@ -88,22 +88,30 @@ def write_manifest(output: str, manifest: dict) -> None:
             fh.write(data)
 
 
-def summarise_videos(videos: pa.Table, matched: int, run_id: Optional[str] = None) -> dict:
+def summarise_videos(videos: pa.Table, matched: int, run_id: Optional[str] = None,
+                     rewritten: Sequence[str] = ()) -> dict:
     """Counts for the run summary over the matched videos' current rows.
 
-    ``accounted``: ok + no_face + failed == matched == video rows. ``processed`` rows were
-    written by ``run_id``; ``skipped`` kept an earlier run's row (unchanged input and settings).
-    Frame counts are over the processed videos.
+    ``accounted``: ok + no_face + failed == matched == video rows. ``processed`` videos were
+    decoded (or ingested) by ``run_id``; ``skipped`` kept an earlier run's work (unchanged input
+    and settings), ``relabelled`` of them got new labels (``rewritten``: rows the run rewrote
+    without processing their video). ``failed_now`` failed in this run, ``failed_kept`` are
+    earlier failures of unchanged files. Frame counts are over the processed videos.
     """
     status = videos.column("status").to_pylist()
     counts = {s: status.count(s) for s in VIDEO_STATUSES}
-    mine = videos if run_id is None else videos.filter(pc.equal(videos.column("run_id"), run_id))
+    ids = videos.column("video_id").to_pylist() if "video_id" in videos.column_names else []
+    written = [run_id is None or r == run_id for r in videos.column("run_id").to_pylist()]
+    relabelled = set(rewritten)
+    mine = videos.filter(pa.array([w and v not in relabelled for w, v in zip(written, ids)], pa.bool_()))
+    failed_now = mine.column("status").to_pylist().count("failed")
 
     def total(column: str) -> int:
         return int(pc.sum(mine.column(column)).as_py() or 0)
 
-    return {"matched": matched, "processed": mine.num_rows, "skipped": videos.num_rows - mine.num_rows,
-            **counts, "video_rows": videos.num_rows,
-            "accounted": sum(counts.values()) == matched == videos.num_rows,
+    return {"matched": matched, "processed": mine.num_rows, "skipped": matched - mine.num_rows,
+            "relabelled": len(set(rewritten) & set(ids)), "rows_written": sum(written),
+            **counts, "failed_now": failed_now, "failed_kept": counts["failed"] - failed_now,
+            "video_rows": videos.num_rows, "accounted": sum(counts.values()) == matched == videos.num_rows,
             "frames_decoded": total("frames_decoded"), "frames_sampled": total("frames_sampled"),
             "frames_with_face": total("frames_with_face")}

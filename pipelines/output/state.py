@@ -1,75 +1,142 @@
-"""What an output already holds that a rerun may keep, and what it must not mix."""
+"""What an output already holds: the rows a rerun may keep, the videos it must repair, and what it must not mix."""
 from __future__ import annotations
 
 import json
-from typing import Iterable, Sequence
+import logging
+from dataclasses import dataclass, field
+from typing import Iterable, Optional, Sequence
 
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 
 from core.elements import RowFingerprint
-from core.errors import ConfigError
-from pipelines.output.layout import MANIFEST_FILE, has_table, partition_of, read_table
-from pipelines.output.manifest import manifest_feature_groups
-from schemas.columns import INPUT_STAGES, PARTITION_COLUMN
+from pipelines.output.layout import MANIFEST_FILE, dataset, has_table, list_files, output_video_ids, partition_of
+from schemas.columns import PARTITION_COLUMN
+from transforms.parquet import VIDEO_ROW_FILE, partition_dir
 
-TRANSIENT_ERRORS = ("MemoryError", "OSError", "IOError", "BeamIOError", "TimeoutError", "ConnectionError")
+_LOG = logging.getLogger(__name__)
+# Failures recorded before dead letters had a ``retryable`` column: retried by these type names.
+_OLD_TRANSIENT_NAMES = ("MemoryError", "OSError", "IOError", "BeamIOError", "TimeoutError", "ConnectionError")
 
 
-def previous_fingerprints(output: str, video_ids: Iterable[str]) -> dict[str, RowFingerprint]:
-    """video_id -> RowFingerprint (content_sha256, settings_fingerprint) of the rows already in
-    ``output`` that a rerun may skip.
+@dataclass(frozen=True)
+class OutputState:
+    """The matched videos' rows in an output, as a rerun sees them."""
+    rows: pa.Table                                             # readable rows of the matched videos
+    previous: dict[str, RowFingerprint] = field(default_factory=dict)   # rows a rerun may keep
+    damaged: tuple[str, ...] = ()                              # rows or partitions unreadable or incomplete
+    retried: tuple[str, ...] = ()                              # last failure may pass: processed again
 
-    A video that failed in a stage of ``INPUT_STAGES`` (its bytes could not be probed, decoded
-    or parsed) is left as it is: the same bytes fail the same way. A failure in any other stage
-    (detection, inference, features, writing), or of a ``TRANSIENT_ERRORS`` type in any stage,
-    may be passing (memory, disk, a worker lost), so such a video is not listed and the next
-    run processes it again.
-    """
-    if not has_table(output, "videos"):
-        return {}
-    video_ids = list(video_ids)
-    table = read_table(output, "videos", video_ids)
-    if "settings_fingerprint" not in table.column_names:       # written before provenance existed
-        return {}
-    retry = _retryable_failures(output, video_ids)
-    ids, shas, fps = (table.column(c).to_pylist() for c in (PARTITION_COLUMN, "content_sha256", "settings_fingerprint"))
-    return {v: RowFingerprint(sha, fp) for v, sha, fp in zip(ids, shas, fps) if sha and fp and v not in retry}
+
+def read_video_rows(output: str, video_ids: Sequence[str]) -> tuple[pa.Table, list[str]]:
+    """(the readable rows of ``video_ids``, ids whose row file cannot be read). Reads the table at
+    once and, only when a file is damaged, file by file."""
+    try:
+        return dataset(output, "videos").to_table(filter=pc.field(PARTITION_COLUMN).isin(list(video_ids))), []
+    except Exception:  # noqa: BLE001 - some file is damaged: find which, keep the rest
+        tables, damaged = [], []
+        for video_id in video_ids:
+            path = FileSystems.join(partition_dir(output, "videos", video_id), VIDEO_ROW_FILE)
+            if not FileSystems.exists(path):
+                continue
+            try:
+                with FileSystems.open(path) as fh:
+                    row = pq.read_table(fh)
+                tables.append(row.append_column(PARTITION_COLUMN, pa.array([video_id] * row.num_rows, pa.string())))
+            except Exception:  # noqa: BLE001
+                damaged.append(video_id)
+        return (pa.concat_tables(tables, promote_options="default") if tables else pa.table({})), damaged
+
+
+def _footer_rows(path: str) -> Optional[int]:
+    """Rows a Parquet file's footer declares; None when the file cannot be read."""
+    try:
+        with FileSystems.open(path) as fh:
+            return pq.ParquetFile(fh).metadata.num_rows
+    except Exception:  # noqa: BLE001 - truncated or not Parquet
+        return None
+
+
+def unreconciled(output: str, rows: pa.Table) -> list[str]:
+    """Ids of rows whose partitions do not hold what the row says: a frame or dead-letter file that
+    cannot be read, fewer frame rows than ``frames_sampled``, or no dead-letter partition."""
+    frames = {}
+    for path in list_files(FileSystems.join(output, "frames")) if has_table(output, "frames") else []:
+        if path.endswith(".parquet"):
+            frames.setdefault(partition_of(path), []).append(path)
+    bad = []
+    for video_id, sampled in zip(rows.column(PARTITION_COLUMN).to_pylist(), rows.column("frames_sampled").to_pylist()):
+        counts = [_footer_rows(p) for p in frames.get(video_id, [])]
+        letters = _footer_rows(FileSystems.join(partition_dir(output, "dead_letters", video_id), VIDEO_ROW_FILE))
+        if None in counts or letters is None or sum(counts) < (sampled or 0):
+            bad.append(video_id)
+    return bad
 
 
 def _retryable_failures(output: str, video_ids: list[str]) -> set[str]:
-    """Ids of videos with a dead letter outside ``INPUT_STAGES`` or of a transient error type."""
+    """Ids of videos whose last run recorded a failure that may pass (dead_letters.retryable)."""
     if not has_table(output, "dead_letters"):
         return set()
-    letters = read_table(output, "dead_letters", video_ids, [PARTITION_COLUMN, "stage", "error_type"])
-    ids, stages, errors = (letters.column(c).to_pylist() for c in (PARTITION_COLUMN, "stage", "error_type"))
-    return {v for v, stage, error in zip(ids, stages, errors)
-            if stage not in INPUT_STAGES or error in TRANSIENT_ERRORS}
+    try:
+        letters = dataset(output, "dead_letters").to_table(filter=pc.field(PARTITION_COLUMN).isin(video_ids))
+    except Exception:  # noqa: BLE001 - a damaged file: those videos are repaired anyway
+        return set()
+    ids = letters.column(PARTITION_COLUMN).to_pylist()
+    if "retryable" in letters.column_names:
+        flags = letters.column("retryable").to_pylist()
+    else:
+        flags = [e in _OLD_TRANSIENT_NAMES for e in letters.column("error_type").to_pylist()]
+    return {v for v, retry in zip(ids, flags) if retry}
 
 
-def check_same_frame_schema(output: str, video_ids: Iterable[str], feature_groups: Sequence[str],
-                            labels: Sequence[str]) -> None:
-    """Refuse a run that would leave ``output``'s frame table with two schemas.
+def read_state(output: str, video_ids: Iterable[str]) -> OutputState:
+    """The matched videos' rows, and which of them a rerun may keep.
 
-    The frame schema follows the feature groups and the emotion labels (schemas.frames); the
-    latest ``run_manifest.json`` records those of every frame partition in the folder (this check
-    keeps it so). A run with other groups or labels must rewrite every video already there,
-    so it may go ahead only when all of them are among its matched inputs (a changed setting
-    changes the fingerprint: each is processed again). Raises ConfigError naming the videos.
+    A row is kept (its video is not processed again) when its bytes and settings fingerprint
+    match the run's, its partitions reconcile with it (`unreconciled`), and its last failure, if
+    any, is a lasting one (a retryable failure is processed again).
     """
-    latest = FileSystems.join(output, MANIFEST_FILE)
-    if not FileSystems.exists(latest):
-        return
-    with FileSystems.open(latest) as fh:
-        before = json.loads(fh.read())
-    old_groups, old_labels = manifest_feature_groups(before), before.get("labels", list(labels))
-    if list(old_groups) == list(feature_groups) and list(old_labels) == list(labels):
-        return
-    pattern = FileSystems.join(output, "frames", f"{PARTITION_COLUMN}=*", "part-*.parquet")
-    existing = {partition_of(m.path) for m in FileSystems.match([pattern])[0].metadata_list}
-    left_out = sorted(existing - set(video_ids))
-    if left_out:
-        raise ConfigError(
-            f"{output} holds frames of {len(existing)} videos written with frame feature groups {list(old_groups)} and labels "
-            f"{list(old_labels)}; this run writes {list(feature_groups)} / {list(labels)} but does not match "
-            f"{len(left_out)} of them (e.g. {left_out[0]}), so the frame table would mix two schemas. "
-            "Write to a new output folder, or include every video already in it.")
+    video_ids = list(video_ids)
+    if not has_table(output, "videos"):
+        return OutputState(pa.table({}))
+    rows, damaged = read_video_rows(output, video_ids)
+    if not rows.num_rows or "settings_fingerprint" not in rows.column_names:    # written before provenance
+        return OutputState(rows, {}, tuple(damaged))
+    damaged += unreconciled(output, rows)
+    retry = _retryable_failures(output, video_ids)
+    skip = set(damaged) | retry
+    ids, shas, fps = (rows.column(c).to_pylist() for c in (PARTITION_COLUMN, "content_sha256", "settings_fingerprint"))
+    previous = {v: RowFingerprint(sha, fp) for v, sha, fp in zip(ids, shas, fps) if sha and fp and v not in skip}
+    if damaged:
+        _LOG.warning("%d videos' partitions are damaged or incomplete and will be processed again: %s",
+                     len(damaged), ", ".join(sorted(damaged)[:5]))
+    return OutputState(rows, previous, tuple(sorted(set(damaged))), tuple(sorted(retry)))
+
+
+def previous_fingerprints(output: str, video_ids: Iterable[str]) -> dict[str, RowFingerprint]:
+    """video_id -> RowFingerprint of the rows a rerun may keep (see `read_state`)."""
+    return read_state(output, video_ids).previous
+
+
+def latest_manifest(output: str) -> Optional[dict]:
+    """The output's latest run manifest, or None for a new output."""
+    path = FileSystems.join(output, MANIFEST_FILE)
+    if not FileSystems.exists(path):
+        return None
+    with FileSystems.open(path) as fh:
+        return json.loads(fh.read())
+
+
+def deleted_inputs(output: str, matched: Iterable[str]) -> list[str]:
+    """Ids of the output's videos that no input of this run matched and whose source file is gone
+    (a rerun cannot tell a file left out of this run's input from a deleted one without looking)."""
+    others = sorted(set(output_video_ids(output)) - set(matched))
+    if not others:
+        return []
+    rows, _ = read_video_rows(output, others)
+    if not rows.num_rows:
+        return []
+    ids, paths = rows.column(PARTITION_COLUMN).to_pylist(), rows.column("source_path").to_pylist()
+    return [v for v, path in zip(ids, paths) if path and not FileSystems.exists(path)]

@@ -16,25 +16,31 @@ def _quote(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
 
 
-def build_catalog(output: Path, path: Path, schemas: dict[str, pa.Schema]) -> None:
-    """A DuckDB catalog at ``path``: one view per table over its Parquet files (an empty table
-    of the schema when it has none) and ``parquet_columns``, every file's stored columns."""
+def build_catalog(output: Path, path: Path, schemas: dict[str, pa.Schema], carried_known: bool = True) -> None:
+    """A DuckDB catalog at ``path``: one view per table over its readable Parquet files (an empty
+    table of the schema when it has none) and ``parquet_columns``, every file's stored columns.
+
+    A file whose footer cannot be read (truncated, not Parquet) is left out of its table's view,
+    so every other rule still runs, and shows in ``parquet_columns`` as unreadable: the
+    stored-columns rule fails on it (critical), naming the file.
+    """
     import duckdb
     rows = []
     con = duckdb.connect(str(path))
     try:
         for table, schema in schemas.items():
-            files = table_files(output, table)
+            files, readable = table_files(output, table), []
             for file in files:               # footers only: a few KB per file whatever the table size
                 relative = os.path.relpath(file, output)
                 try:
-                    rows += stored_column_rows(table, schema, relative, pq.read_schema(file))
+                    rows += stored_column_rows(table, schema, relative, pq.read_schema(file), None, carried_known)
+                    readable.append(file)
                 except Exception as exc:  # noqa: BLE001 - reported as a failed expectation, not raised
-                    rows += stored_column_rows(table, schema, relative, None, type(exc).__name__)
-            if files:
+                    rows += stored_column_rows(table, schema, relative, None, f"{type(exc).__name__}: {exc}")
+            if readable:
                 glob_chars = set("*?[]{}") & set(str(output))
-                source = ("[" + ", ".join(map(_quote, files)) + "]" if glob_chars else
-                          _quote(os.path.join(str(output / table), f"{PARTITION_COLUMN}=*", "*.parquet")))
+                source = ("[" + ", ".join(map(_quote, readable)) + "]" if glob_chars or len(readable) < len(files)
+                          else _quote(os.path.join(str(output / table), f"{PARTITION_COLUMN}=*", "*.parquet")))
                 con.execute(f'CREATE VIEW "{table}" AS SELECT * FROM read_parquet({source}, hive_partitioning = true, '
                             f"hive_types = {{'{PARTITION_COLUMN}': VARCHAR}}, union_by_name = true)")
             else:

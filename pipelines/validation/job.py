@@ -24,6 +24,7 @@ and would have had to be re-implemented outside GX; here all rules, including th
 """
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import json
 import os
@@ -32,6 +33,8 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Optional
+
+import pyarrow as pa
 
 from core.errors import UsageError
 from core.settings import ValidationConfig
@@ -90,7 +93,7 @@ def validate_output(output_dir: str | os.PathLike, settings: Optional[Validation
     docs_dir.mkdir(parents=True)
     with tempfile.TemporaryDirectory(prefix="affectflow-validate-") as scratch:
         catalog = Path(scratch) / "catalog.duckdb"
-        build_catalog(output, catalog, facts.schemas())
+        build_catalog(output, catalog, facts.schemas(), carried_known=facts.carried is not None)
         results = run_suites(catalog, Path(scratch), suites(facts, settings), settings, docs_dir, facts.run_id)
     report = _report(output, facts, results, started, validation_dir / RESULTS_FILE, docs_dir / "index.html")
     _write_json(validation_dir / RESULTS_FILE, {
@@ -106,10 +109,17 @@ def validate_output(output_dir: str | os.PathLike, settings: Optional[Validation
 
 
 def run_facts(manifest: dict) -> RunFacts:
-    """What the suites need from a run manifest: label sets, counts, the frame feature groups."""
+    """What the suites need from a run manifest: label sets, counts, the frame feature groups, the
+    aggregate settings and the carried columns (the last two absent from older manifests)."""
+    aggregate = ((manifest.get("config") or {}).get("job") or {}).get("aggregate") or {}
+    carried = None
+    if "carried_columns" in manifest:
+        data = base64.b64decode(manifest["carried_columns"]["arrow_schema"])
+        carried = tuple(pa.ipc.read_schema(pa.py_buffer(data)))
     return RunFacts(run_id=str(manifest["run_id"]), labels=tuple(manifest["labels"]),
                     broad_labels=tuple(manifest["broad_labels"]), counts=dict(manifest["counts"]),
-                    feature_groups=manifest_feature_groups(manifest))
+                    feature_groups=manifest_feature_groups(manifest), neutral_label=aggregate.get("neutral_label"),
+                    broad_map=aggregate.get("broad_map"), carried=carried)
 
 
 def _report(output: Path, facts: RunFacts, results: dict, started: float, results_path: Path,
@@ -144,10 +154,14 @@ def read_output_manifest(output: Path) -> dict:
 
 
 def _write_json(path: Path, data: dict) -> None:
+    """Write ``path`` whole or not at all (a full disk leaves the old file and no temporary one)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str))
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(json.dumps(data, indent=2, default=str))
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def mark_manifests(output: Path, run_id: str, entry: dict) -> None:

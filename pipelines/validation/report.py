@@ -122,9 +122,14 @@ def finding(r) -> Finding:
     else:
         detail = f"observed {_short(res.get('observed_value'))}"
     column = m.get("column", config.kwargs.get("column", "?"))
-    named = [row["column_name"] for row in res.get("partial_unexpected_index_list") or []
-             if isinstance(row, dict) and "column_name" in row]
-    if named:                           # the stored-columns rule: name the offending columns
+    index_rows = [row for row in res.get("partial_unexpected_index_list") or [] if isinstance(row, dict)]
+    unreadable = {row["file"]: str(row.get("arrow_type", "")).removeprefix("unreadable: ") for row in index_rows
+                  if str(row.get("arrow_type", "")).startswith("unreadable")}
+    named = [row["column_name"] for row in index_rows if "column_name" in row]
+    if unreadable:                      # the stored-columns rule on a damaged file: name the file, not its columns
+        column = "(file)"
+        detail = "unreadable file(s): " + "; ".join(f"{f} ({why})" for f, why in list(unreadable.items())[:MAX_EXAMPLES])
+    elif named:                         # the stored-columns rule: name the offending columns
         column = ", ".join(dict.fromkeys(named))
     return Finding(table=m.get("table", "?"), column=column,
                    rule=m.get("rule", config.type), severity=str(severity), expectation=config.type,

@@ -27,17 +27,22 @@ VIDEO_BROAD_LABEL_COLUMNS = ("broad_top1_label", "broad_threshold_label")
 
 @dataclass(frozen=True)
 class RunFacts:
-    """What the run manifest says about the output: label sets, feature groups, counts."""
+    """What the run manifest says about the output: label sets, feature groups, counts, the
+    aggregate settings the labels follow and the manifest columns the video table carries."""
     run_id: str
     labels: tuple[str, ...]
     broad_labels: tuple[str, ...]
     counts: Mapping[str, int]          # matched, processed, ok, no_face, failed (run_manifest.json)
     feature_groups: tuple[str, ...] = ()   # optional frame-table column groups the run wrote
+    neutral_label: Optional[str] = None    # aggregate.neutral_label (None: an output older than the rule)
+    broad_map: Optional[Mapping[str, str]] = None
+    carried: Optional[tuple[pa.Field, ...]] = None   # None: not recorded (older output); types not checked
 
     def schemas(self) -> dict[str, pa.Schema]:
         """The logical schema of each table (partition column included)."""
         return {FRAMES: frame_schema(self.labels, self.feature_groups),
-                VIDEOS: video_schema(self.labels, self.broad_labels), DEAD_LETTERS: dead_letter_schema()}
+                VIDEOS: video_schema(self.labels, self.broad_labels, self.carried or ()),
+                DEAD_LETTERS: dead_letter_schema()}
 
 
 @dataclass(frozen=True)

@@ -26,13 +26,15 @@ def type_name(t: pa.DataType) -> str:
 
 
 def stored_column_rows(table: str, schema: pa.Schema, file: str, stored: Optional[pa.Schema],
-                       error: Optional[str] = None) -> list[tuple[str, str, str, str, str]]:
+                       error: Optional[str] = None, carried_known: bool = True) -> list[tuple[str, str, str, str, str]]:
     """Rows of PARQUET_COLUMNS for one file: (table_name, file, column_name, arrow_type, expected_type).
 
     ``stored`` is the file's footer schema (None when unreadable, ``error`` says why). A schema
     column the file lacks has arrow_type 'missing'; a column outside the schema is expected
-    '(not stored)', except the manifest columns the video table carries through (accepted as
-    they are); the partition column is never stored (it lives in the folder name).
+    '(not stored)'; the partition column is never stored (it lives in the folder name). The
+    video table's carried manifest columns are part of ``schema`` (one type in every file);
+    for an output that did not record them (``carried_known`` False) extra video columns are
+    accepted as they are.
     """
     expected = {f.name: type_name(f.type) for f in file_schema(schema)}
     if stored is None:
@@ -42,7 +44,7 @@ def stored_column_rows(table: str, schema: pa.Schema, file: str, stored: Optiona
         actual = type_name(f.type)
         if f.name in expected:
             want = expected[f.name]
-        elif table == VIDEOS and f.name != PARTITION_COLUMN:
+        elif table == VIDEOS and f.name != PARTITION_COLUMN and not carried_known:
             want = actual
         else:
             want = NOT_STORED

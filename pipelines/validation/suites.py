@@ -10,7 +10,7 @@ from schemas.columns import PARTITION_COLUMN
 
 
 def suites(facts: RunFacts, settings: ValidationConfig) -> list[Suite]:
-    """The four suites pipelines.validate runs, in reporting order."""
+    """The four suites `affectflow validate` runs, in reporting order."""
     return [
         Suite(PARQUET_COLUMNS, PARQUET_COLUMNS, ("file", "column_name"), parquet_column_expectations(TABLES)),
         Suite(FRAMES, FRAMES, (PARTITION_COLUMN, "frame_index", "face_index"), frame_expectations(facts, settings)),

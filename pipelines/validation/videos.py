@@ -9,6 +9,7 @@ from core.settings import ValidationConfig
 from pipelines.validation.rules import (CRITICAL, DEAD_LETTERS, FRAMES, VIDEO_BROAD_LABEL_COLUMNS, VIDEO_LABEL_COLUMNS,
                                         VIDEOS, WARNING, RunFacts, between, columns_match, ident, in_set, lit,
                                         not_null, rows_rule, meta)
+from pipelines.validation.labels import label_expectations
 from schemas.columns import DEAD_LETTER_STAGES, FALLBACKS, PARTITION_COLUMN, VIDEO_STATUSES, count_column, frac_column
 from schemas.videos import dead_letter_schema, video_columns, video_schema
 
@@ -30,7 +31,8 @@ def _manifest_counts(facts: RunFacts) -> str:
     status_sum = " + ".join(str(int(c[s])) for s in VIDEO_STATUSES)
     exact = " OR ".join(f"{s} <> {int(c[s])}" for s in VIDEO_STATUSES)
     at_least = " OR ".join(f"{s} < {int(c[s])}" for s in VIDEO_STATUSES)
-    processed = (f"OR processed <> {int(c['processed'])}" if "processed" in c else "")
+    written = c.get("rows_written", c.get("processed"))          # rows this run wrote, processed or relabelled
+    processed = f"OR processed <> {int(written)}" if written is not None else ""
     return f"""
         SELECT *, {manifest} FROM (
           SELECT count(*) AS video_rows, {per_status},
@@ -91,6 +93,7 @@ def video_expectations(facts: RunFacts, settings: ValidationConfig) -> list:
         WHERE (v.status = 'failed') <> (coalesce(d.dead_letters, 0) > 0)"""))
     exps.append(rows_rule(t, "status", "run_manifest.json counts reconcile: matched = ok + no_face + failed = the table's",
                       _manifest_counts(facts)))
+    exps += label_expectations(facts)
     exps += _limits(settings)
     return exps
 
