@@ -58,6 +58,8 @@ MULTIPROCESS_CONFIG = REPO / "runner_configs" / "local-multiprocess.yaml"
 FEATURE_SETS = ["features.landmarks=true", "features.geometry=true"]
 TARGET_FEATURES = 0.5          # landmarks + AU features at least half the emotion-only throughput
 EMBEDDING_SETS = ["features.embedding=true"]   # no target: reported, the same forward pass should cost little
+BLENDSHAPE_SETS = ["features.blendshapes=true"]
+TARGET_BLENDSHAPES = 0.5       # blendshapes on: at least half the emotion-only throughput
 TARGET_VS_NAIVE = 10.0
 TARGET_VS_DECODE = 0.25
 TARGET_RSS_GROWTH = 0.10
@@ -352,6 +354,8 @@ def parse_args(argv=None):
     ap.add_argument("--naive-repeats", type=int, default=None, help="naive-loop repeats (default: --repeats)")
     ap.add_argument("--skip-multiprocess", action="store_true", help="skip runner_configs/local-multiprocess.yaml")
     ap.add_argument("--skip-rss", action="store_true", help="skip the peak-RSS subprocess runs")
+    ap.add_argument("--skip-blendshapes", action="store_true",
+                    help="skip the run with the face landmarker's blendshapes on")
     ap.add_argument("--skip-features", action="store_true",
                     help="skip the run with landmarks and geometric features on")
     ap.add_argument("--skip-embedding", action="store_true",
@@ -429,6 +433,8 @@ def main(argv=None) -> int:
             configs.append(("direct+features", None, FEATURE_SETS))
         if not args.skip_embedding:
             configs.append(("direct+embedding", None, EMBEDDING_SETS))
+        if not args.skip_blendshapes:
+            configs.append(("direct+blendshapes", None, BLENDSHAPE_SETS))
         if not args.skip_multiprocess:
             configs.append(("multiprocess", str(MULTIPROCESS_CONFIG), []))
         results["pipeline"] = {}
@@ -475,6 +481,12 @@ def main(argv=None) -> int:
                      / results["pipeline"]["direct"]["median_fps_pipeline"])
             results["ratios"]["embedding_vs_emotion_only"] = {"ratio": share}
             say(f"  [direct+embedding] embedding on / emotion-only = {share:.3f}   (reported, no target)")
+        if "direct+blendshapes" in results["pipeline"]:
+            share = (results["pipeline"]["direct+blendshapes"]["median_fps_pipeline"]
+                     / results["pipeline"]["direct"]["median_fps_pipeline"])
+            results["ratios"]["blendshapes_vs_emotion_only"] = {"ratio": share, "pass": share >= TARGET_BLENDSHAPES}
+            say(f"  [direct+blendshapes] blendshapes on / emotion-only = {share:.3f}   "
+                f"(target >= {TARGET_BLENDSHAPES:g})   {verdict(share >= TARGET_BLENDSHAPES)}")
 
         # e) RSS
         say(f"\n(e) peak RSS, one fresh subprocess per measurement, 1x video vs {CONCAT_TIMES}x concatenated")
@@ -550,6 +562,10 @@ def print_table(r: dict) -> None:
     embedding = r["ratios"].get("embedding_vs_emotion_only")
     if embedding:
         rows.append(("embedding on / emotion-only", f"{embedding['ratio']:.3f}", "reported", ""))
+    blendshapes = r["ratios"].get("blendshapes_vs_emotion_only")
+    if blendshapes:
+        rows.append(("blendshapes on / emotion-only", f"{blendshapes['ratio']:.3f}", f">= {TARGET_BLENDSHAPES:g}",
+                     verdict(blendshapes["pass"])))
     for label, p in r["pipeline"].items():
         ratio = r["ratios"][label]
         rows.append((f"pipeline [{label}] pipeline part", f"{p['median_fps_pipeline']:.1f} frames/s",

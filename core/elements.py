@@ -95,8 +95,9 @@ class FaceChunk:
     boxes: np.ndarray                  # float32[m, 4] x, y, w, h pixels
     scores: np.ndarray                 # float32[m]
     crops: np.ndarray                  # uint8[m, 64, 64]
-    landmarks: Optional[np.ndarray] = None   # float32[m, 468, 3] frame pixels, when landmarks are on
+    landmarks: Optional[np.ndarray] = None   # float32[m, 468 or 478, 3] frame pixels, when a mesh runs
     mesh_presence: Optional[np.ndarray] = None  # float32[m], the mesh network's face probability
+    blendshapes: Optional[np.ndarray] = None  # float32[m, 52] MediaPipe blendshapes, with features.blendshapes
     # uint8[m, 224, 224, 3] RGB, same square box as `crops`, when features.resnet50 is on:
     # 147 KB a face, so 256 frames of one face = 38.5 MB per chunk (see faces.DEEP_CHUNK_FRAMES)
     face_rgb: Optional[np.ndarray] = None

@@ -75,6 +75,9 @@ class FeaturesConfig(Section):
                            "landmarks (geometry, not a trained AU detector).")
     embedding: bool = Field(False, description="The emotion network's embedding (the layer before its classifier), "
                             "from the same forward pass.")
+    blendshapes: bool = Field(False, description="52 MediaPipe blendshapes (bs_*) and their FACS AU view (au_*) "
+                              "per face, from the face landmarker's 478-point mesh (which then also gives the "
+                              "landmarks and geometry: one mesh pass per face).")
     resnet50: bool = Field(False, description="ResNet50 2048-d pooled features; needs your weights in "
                            "models.paths.resnet50.")
     geometry_baseline: bool = Field(False, description="geo_*_rel: each geo_* minus the video's median over its "
@@ -82,14 +85,15 @@ class FeaturesConfig(Section):
     baseline_min_frames: int = Field(10, ge=1, description="Fewer neutral frames than this: the _rel columns stay "
                                      "null (no baseline is invented).")
     feature_set: Literal[FEATURE_SETS] = Field(  # type: ignore[valid-type]
-        "none", description="The training vector the run is configured for: none | appearance (geo_*) | deep "
-        "(embedding / resnet50) | both (concatenated).")
+        "none", description="The training vector the run is configured for: none | appearance (au_* and geo_*) | "
+        "deep (embedding / resnet50) | both (concatenated).")
     smoothing: SmoothingConfig = Field(default_factory=SmoothingConfig)
 
     @model_validator(mode="after")
     def _groups_needed(self) -> "FeaturesConfig":
-        if self.feature_set in ("appearance", "both") and not self.geometry:
-            raise ValueError(f"feature_set={self.feature_set} needs geometry: true (the appearance features)")
+        if self.feature_set in ("appearance", "both") and not (self.geometry or self.blendshapes):
+            raise ValueError(f"feature_set={self.feature_set} needs blendshapes or geometry: true (the appearance "
+                             "features)")
         if self.feature_set in ("deep", "both") and not (self.embedding or self.resnet50):
             raise ValueError(f"feature_set={self.feature_set} needs embedding or resnet50: true")
         if self.geometry_baseline and not self.geometry:
@@ -99,11 +103,17 @@ class FeaturesConfig(Section):
     @property
     def groups(self) -> tuple[str, ...]:
         """The frame-table feature groups the run writes (schemas.features.FEATURE_GROUPS order)."""
-        return tuple(g for g in ("landmarks", "geometry", "embedding", "resnet50") if getattr(self, g))
+        return tuple(g for g in ("landmarks", "geometry", "blendshapes", "embedding", "resnet50") if getattr(self, g))
 
     @property
     def needs_mesh(self) -> bool:
-        return self.landmarks or self.geometry
+        return self.landmarks or self.geometry or self.blendshapes
+
+    @property
+    def mesh_model(self) -> str:
+        """The landmark model the run needs: the face landmarker (478 points) when blendshapes are on,
+        else MediaPipe's face mesh (468)."""
+        return "face_landmarker" if self.blendshapes else "face_mesh"
 
 
 class EmotionConfig(Section):

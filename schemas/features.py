@@ -7,6 +7,8 @@ from ``affectflow ingest``; baseline and smoothing (computed per video) from
 """
 from __future__ import annotations
 
+import re
+from dataclasses import dataclass
 from typing import Sequence
 
 import pyarrow as pa
@@ -14,9 +16,11 @@ import pyarrow as pa
 from schemas.columns import Column, baseline_column, prob_column, smooth_column
 from schemas.external import appearance_columns, external_columns
 
-FEATURE_GROUPS = ("landmarks", "geometry", "embedding", "resnet50", "openface", "pyfeat", "baseline", "smoothing")
+FEATURE_GROUPS = ("landmarks", "geometry", "blendshapes", "embedding", "resnet50", "openface", "pyfeat", "baseline",
+                  "smoothing")
 FEATURE_SETS = ("none", "appearance", "deep", "both")
-N_LANDMARK_VALUES = 468 * 3
+N_LANDMARK_VALUES = 468 * 3           # MediaPipe's face mesh
+N_LANDMARKER_VALUES = 478 * 3         # the face landmarker's mesh (with features.blendshapes): iris points added
 RESNET50_VALUES = 2048            # ResNet50's globally pooled features
 EMBEDDING_COLUMN = "emb_mini_xception"
 RESNET50_COLUMN = "resnet50"
@@ -48,13 +52,92 @@ GEOMETRY_MEASURES: dict[str, str] = {
 }
 
 
+# MediaPipe's 52 blendshapes, in the face_blendshapes network's output order (face_blendshapes_graph.cc,
+# kBlendshapeNames); ARKit's names, "_neutral" added by MediaPipe.
+BLENDSHAPE_NAMES = (
+    "_neutral", "browDownLeft", "browDownRight", "browInnerUp", "browOuterUpLeft", "browOuterUpRight", "cheekPuff",
+    "cheekSquintLeft", "cheekSquintRight", "eyeBlinkLeft", "eyeBlinkRight", "eyeLookDownLeft", "eyeLookDownRight",
+    "eyeLookInLeft", "eyeLookInRight", "eyeLookOutLeft", "eyeLookOutRight", "eyeLookUpLeft", "eyeLookUpRight",
+    "eyeSquintLeft", "eyeSquintRight", "eyeWideLeft", "eyeWideRight", "jawForward", "jawLeft", "jawOpen", "jawRight",
+    "mouthClose", "mouthDimpleLeft", "mouthDimpleRight", "mouthFrownLeft", "mouthFrownRight", "mouthFunnel",
+    "mouthLeft", "mouthLowerDownLeft", "mouthLowerDownRight", "mouthPressLeft", "mouthPressRight", "mouthPucker",
+    "mouthRight", "mouthRollLower", "mouthRollUpper", "mouthShrugLower", "mouthShrugUpper", "mouthSmileLeft",
+    "mouthSmileRight", "mouthStretchLeft", "mouthStretchRight", "mouthUpperUpLeft", "mouthUpperUpRight",
+    "noseSneerLeft", "noseSneerRight")
+# Blendshapes the network leaves near 0 on every face measured (smiles, disgust, puffed cheeks included).
+NEAR_ZERO_BLENDSHAPES = ("_neutral", "cheekPuff", "cheekSquintLeft", "cheekSquintRight", "jawForward", "jawLeft",
+                         "jawRight", "mouthClose", "noseSneerLeft", "noseSneerRight")
+
+
+@dataclass(frozen=True)
+class ActionUnit:
+    """One FACS action unit of the AU view: the mean of its blendshapes' scores."""
+    code: int
+    name: str
+    blendshapes: tuple[str, ...]
+
+
+# The published blendshape -> FACS correspondence: py-feat 2.1.5's feat/utils/region_maps.py
+# (BLENDSHAPE_SEEDS, grounded in Ekman & Friesen's FACS and M. Ozel's ARKit-to-FACS sheet), with
+# left and right averaged. Left out: AU6 (cheekSquint) and AU9 (noseSneer), which the network
+# leaves near 0, and AD34 (cheekPuff), likewise. FACS AUs with no blendshape at all: 8, 11, 13,
+# 19, 21, 23, 25, 27, 31, 33, 35, 38, 39, 41, 42, 44.
+ACTION_UNITS = (
+    ActionUnit(1, "inner_brow_raiser", ("browInnerUp",)),
+    ActionUnit(2, "outer_brow_raiser", ("browOuterUpLeft", "browOuterUpRight")),
+    ActionUnit(4, "brow_lowerer", ("browDownLeft", "browDownRight")),
+    ActionUnit(5, "upper_lid_raiser", ("eyeWideLeft", "eyeWideRight")),
+    ActionUnit(7, "lid_tightener", ("eyeSquintLeft", "eyeSquintRight")),
+    ActionUnit(10, "upper_lip_raiser", ("mouthUpperUpLeft", "mouthUpperUpRight")),
+    ActionUnit(12, "lip_corner_puller", ("mouthSmileLeft", "mouthSmileRight")),
+    ActionUnit(14, "dimpler", ("mouthDimpleLeft", "mouthDimpleRight")),
+    ActionUnit(15, "lip_corner_depressor", ("mouthFrownLeft", "mouthFrownRight")),
+    ActionUnit(16, "lower_lip_depressor", ("mouthLowerDownLeft", "mouthLowerDownRight")),
+    ActionUnit(17, "chin_raiser", ("mouthShrugLower",)),
+    ActionUnit(18, "lip_pucker", ("mouthPucker",)),
+    ActionUnit(20, "lip_stretcher", ("mouthStretchLeft", "mouthStretchRight")),
+    ActionUnit(22, "lip_funneler", ("mouthFunnel",)),
+    ActionUnit(24, "lip_presser", ("mouthPressLeft", "mouthPressRight")),
+    ActionUnit(26, "jaw_drop", ("jawOpen",)),
+    ActionUnit(45, "blink", ("eyeBlinkLeft", "eyeBlinkRight")),
+)
+
+
+def blendshape_column(name: str) -> str:
+    """``browDownLeft`` -> ``bs_brow_down_left`` (``_neutral`` -> ``bs_neutral``)."""
+    return "bs_" + re.sub(r"(?<!^)([A-Z])", r"_\1", name.lstrip("_")).lower()
+
+
+def action_unit_column(au: ActionUnit) -> str:
+    """``au12_lip_corner_puller``."""
+    return f"au{au.code:02d}_{au.name}"
+
+
+def landmark_values(groups: Sequence[str]) -> int:
+    """Values in a landmarks vector: 478 points from the face landmarker when blendshapes are on, else 468."""
+    return N_LANDMARKER_VALUES if "blendshapes" in groups else N_LANDMARK_VALUES
+
+
+def _blendshape_columns() -> list[Column]:
+    cols = [Column(blendshape_column(name), pa.float32(), True,
+                   f"MediaPipe blendshape {name}, 0-1, from the face landmarker's 478 points"
+                   + (" (the network leaves it near 0 on every face)" if name in NEAR_ZERO_BLENDSHAPES else "") + ".")
+            for name in BLENDSHAPE_NAMES]
+    cols += [Column(action_unit_column(au), pa.float32(), True,
+                    f"FACS AU{au.code} ({au.name.replace('_', ' ')}), 0-1: mean of the blendshapes "
+                    f"{', '.join(au.blendshapes)} (a published correspondence, not a trained AU intensity).")
+             for au in ACTION_UNITS]
+    return cols
+
+
 def _landmark_columns() -> list[Column]:
-    # A variable-size list (always 1404 values or null): pyarrow 25 cannot read back a Parquet
+    # A variable-size list (always 1404 or 1434 values, or null): pyarrow 25 cannot read back a Parquet
     # fixed_size_list column that holds nulls ("Expected all lists to be of size=...").
     points = pa.list_(pa.float32())
     return [
         Column("landmarks", points, True, "468 face-mesh points x0, y0, z0, x1, ... in frame pixels (z: depth on the "
-                                          "same scale, smaller = nearer)."),
+                                          "same scale, smaller = nearer); 478 with features.blendshapes (the face "
+                                          "landmarker's mesh: points 468-477 are the irises)."),
         Column("landmarks_norm", points, True, "The same points centred, eye line level, scaled so the outer eye "
                                                "corners are 1.0 apart."),
         Column("mesh_presence", pa.float32(), True, "Face-mesh network's probability that the crop holds a face."),
@@ -88,6 +171,8 @@ def feature_columns(groups: Sequence[str], labels: Sequence[str] = ()) -> list[C
     if "geometry" in groups:
         cols += [Column(name, pa.float32(), True, f"Geometric measure, not a trained AU detector: {doc}.")
                  for name, doc in GEOMETRY_MEASURES.items()]
+    if "blendshapes" in groups:
+        cols += _blendshape_columns()
     cols += _deep_columns(groups)
     cols += external_columns(groups)
     if "baseline" in groups:
@@ -105,15 +190,17 @@ def feature_columns(groups: Sequence[str], labels: Sequence[str] = ()) -> list[C
 def feature_set_columns(feature_set: str, groups: Sequence[str]) -> list[str]:
     """The frame-table columns of a training feature set, in the documented concatenation order.
 
-    appearance: the geo_* measures (schema order), or a tool's AU intensities when the table
-    was ingested from OpenFace / py-feat; deep: the embedding, then ResNet50 (each a list
+    appearance: the blendshapes' AU view (au_*) and the geo_* measures (schema order), whichever
+    the run wrote, or a tool's AU intensities when the table was ingested from OpenFace / py-feat; deep: the embedding, then ResNet50 (each a list
     column, expanded in place); both: appearance, then deep. Raises ValueError when the
     groups the set needs were not written.
     """
     appearance: list[str] = []
+    if "blendshapes" in groups:
+        appearance += [action_unit_column(au) for au in ACTION_UNITS]
     if "geometry" in groups:
-        appearance = list(GEOMETRY_MEASURES)
-    elif "openface" in groups or "pyfeat" in groups:
+        appearance += list(GEOMETRY_MEASURES)
+    if not appearance and ("openface" in groups or "pyfeat" in groups):
         appearance = appearance_columns(groups)
     deep = [name for group, name in (("embedding", EMBEDDING_COLUMN), ("resnet50", RESNET50_COLUMN)) if group in groups]
     wanted = {"appearance": (appearance,), "deep": (deep,), "both": (appearance, deep)}.get(feature_set)
@@ -121,7 +208,7 @@ def feature_set_columns(feature_set: str, groups: Sequence[str]) -> list[str]:
         raise ValueError(f"feature set must be appearance, deep or both, got {feature_set!r}")
     if not all(wanted):
         raise ValueError(f"feature set {feature_set!r} needs "
-                         + {"appearance": "the geometry group (or an OpenFace / py-feat ingest)",
+                         + {"appearance": "the blendshapes or geometry group (or an OpenFace / py-feat ingest)",
                             "deep": "the embedding or resnet50 group",
                             "both": "appearance and deep groups"}[feature_set] + f"; the table has {list(groups)}")
     return [name for part in wanted for name in part]

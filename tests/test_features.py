@@ -31,12 +31,12 @@ def posed(tmp_path_factory, mesh_and_detector):
     files = fetch_samples(tmp_path_factory.mktemp("stills"), stills=True)
     out = {}
     for path in files:
-        if path.suffix != ".jpg":
+        if path.suffix != ".jpg" or not path.name.endswith("-ph.jpg"):       # the posed stills
             continue
         image = cv2.imread(str(path))
         det = detector.detect(image)
         assert len(det) >= 1, path.name
-        points = mesh.landmarks(image, det.boxes[0], det.eyes(0)).points
+        points = mesh.landmarks(image, det.roi_box(0), det.eyes(0)).points
         out[path.stem.split("-")[2]] = {k: float(v[0]) for k, v in geometric_features(normalise_landmarks(points[None])).items()}
     return out
 

@@ -43,7 +43,7 @@ def test_ema_follows_its_recurrence_and_window_one_is_identity():
     (["features.smoothing.method=median"], "features.smoothing.method = 'median': Input should be 'none', 'window'"),
     (["features.smoothing.method=window", "features.smoothing.window=4"], "features.smoothing.window = 4: must be odd"),
     (["features.smoothing.alpha=0"], "features.smoothing.alpha = 0: Input should be greater than 0"),
-    (["features.feature_set=appearance"], "feature_set=appearance needs geometry: true"),
+    (["features.feature_set=appearance"], "feature_set=appearance needs blendshapes or geometry: true"),
     (["features.feature_set=deep"], "feature_set=deep needs embedding or resnet50: true"),
     (["features.feature_set=texture"], "features.feature_set = 'texture': Input should be 'none', 'appearance'"),
 ])

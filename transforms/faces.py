@@ -5,8 +5,9 @@ Decoding and detection share one DoFn on purpose: a decoded frame (about 0.7 MB 
 about 125/s on two cores (measured with Beam 2.77), and the DaskRunner materialises every stage's
 output per partition, so only the crops the models need (64x64 grey, about 4 KB a face)
 leave this stage. The detector is a registry model, loaded once per process in setup().
-With landmarks on, the face mesh runs here too, for the same reason (it reads a 192x192
-crop of the full-resolution frame); its 468 points (5.6 KB a face) travel with the chunk.
+With landmarks, geometry or blendshapes on, a face mesh runs here too, for the same reason (it
+reads a crop of the full-resolution frame): MediaPipe's face mesh (468 points, 5.6 KB a face),
+or with blendshapes the face landmarker (478 points and 52 blendshapes: one mesh pass gives all).
 With resnet50 on, a 224x224 RGB crop of the same square box is made here too (147 KB a
 face) and chunks are capped at DEEP_CHUNK_FRAMES sampled frames to bound that memory.
 
@@ -26,9 +27,11 @@ from apache_beam.pvalue import TaggedOutput
 
 from core.elements import DeadLetter, FaceChunk, WorkUnit
 from core.settings import DecodeConfig, FacesConfig, FeaturesConfig
+from schemas.features import BLENDSHAPE_NAMES
 from models.deep import RESNET50_SIZE
 from models.emotion import CROP_SIZE
 from models.face_detectors import Detections, build_detector
+from models.face_landmarker import N_POINTS, FaceLandmarker
 from models.landmarks import N_LANDMARKS, FaceMesh, MeshResult
 from models.registry import resolve
 from transforms.crops import crop_face, crop_face_rgb
@@ -45,18 +48,21 @@ DEEP_CHUNK_FRAMES = 256
 class _ChunkBuilder:
     """Accumulates sampled frames and their faces; emits FaceChunks of at most chunk_frames."""
 
-    def __init__(self, unit: WorkUnit, chunk_frames: int, with_mesh: bool = False, with_rgb: bool = False):
+    def __init__(self, unit: WorkUnit, chunk_frames: int, with_mesh: bool = False, with_rgb: bool = False,
+                 mesh_points: int = N_LANDMARKS, with_blendshapes: bool = False):
         self.unit = unit
         self.chunk_frames = chunk_frames
         self.with_mesh = with_mesh
         self.with_rgb = with_rgb
+        self.mesh_points = mesh_points
+        self.with_blendshapes = with_blendshapes
         self.chunk_index = 0
         self._reset()
 
     def _reset(self):
         self.frame_index, self.timestamps, self.faces_in_frame = [], [], []
         self.face_frame, self.face_index, self.boxes, self.scores, self.crops = [], [], [], [], []
-        self.landmarks, self.presence, self.rgb = [], [], []
+        self.landmarks, self.presence, self.rgb, self.blendshapes = [], [], [], []
         self.frames_decoded = 0
         self.size = (0, 0)
 
@@ -69,6 +75,8 @@ class _ChunkBuilder:
         for mesh in meshes or []:
             self.landmarks.append(mesh.points)
             self.presence.append(mesh.presence)
+            if mesh.blendshapes is not None:
+                self.blendshapes.append(mesh.blendshapes)
         pos = len(self.frame_index)
         self.frame_index.append(frame_index)
         self.timestamps.append(timestamp)
@@ -100,8 +108,11 @@ class _ChunkBuilder:
             boxes=np.asarray(self.boxes, np.float32).reshape(-1, 4),
             scores=np.asarray(self.scores, np.float32),
             crops=np.asarray(self.crops, np.uint8).reshape(-1, CROP_SIZE, CROP_SIZE),
-            landmarks=np.asarray(self.landmarks, np.float32).reshape(-1, N_LANDMARKS, 3) if self.with_mesh else None,
+            landmarks=(np.asarray(self.landmarks, np.float32).reshape(-1, self.mesh_points, 3)
+                       if self.with_mesh else None),
             mesh_presence=np.asarray(self.presence, np.float32) if self.with_mesh else None,
+            blendshapes=(np.asarray(self.blendshapes, np.float32).reshape(-1, len(BLENDSHAPE_NAMES))
+                         if self.with_blendshapes else None),
             face_rgb=(np.asarray(self.rgb, np.uint8).reshape(-1, RESNET50_SIZE, RESNET50_SIZE, 3)
                       if self.with_rgb else None),
         )
@@ -119,9 +130,10 @@ class ExtractFacesFn(beam.DoFn):
         self._decode = decode
         self._faces = faces
         self._landmarks = features.needs_mesh
+        self._blendshapes = features.blendshapes
         self._resnet50 = features.resnet50
         self._detector_path = model_paths.get(faces.detector)
-        self._mesh_path = model_paths.get("face_mesh")
+        self._model_paths = dict(model_paths)
         self._chunk_frames = min(decode.chunk_frames, DEEP_CHUNK_FRAMES) if features.resnet50 else decode.chunk_frames
         self._detector = None
         self._mesh = None
@@ -133,11 +145,17 @@ class ExtractFacesFn(beam.DoFn):
     def setup(self):
         # One interpreter per DoFn instance: TF Lite interpreters are not thread-safe.
         self._detector = build_detector(resolve(self._faces.detector, self._detector_path), self._faces.min_score)
-        if self._landmarks:
-            self._mesh = FaceMesh(resolve("face_mesh", self._mesh_path).paths["weights"])
+        if self._blendshapes:
+            self._mesh = _Landmarker(FaceLandmarker(
+                resolve("face_landmarker", self._model_paths.get("face_landmarker")).paths["weights"],
+                resolve("face_blendshapes", self._model_paths.get("face_blendshapes")).paths["weights"]))
+        elif self._landmarks:
+            self._mesh = FaceMesh(resolve("face_mesh", self._model_paths.get("face_mesh")).paths["weights"])
 
     def process(self, unit: WorkUnit) -> Iterator[Union[FaceChunk, TaggedOutput]]:
-        builder = _ChunkBuilder(unit, self._chunk_frames, with_mesh=self._mesh is not None, with_rgb=self._resnet50)
+        builder = _ChunkBuilder(unit, self._chunk_frames, with_mesh=self._mesh is not None, with_rgb=self._resnet50,
+                                mesh_points=N_POINTS if self._blendshapes else N_LANDMARKS,
+                                with_blendshapes=self._blendshapes)
         stage = "decode"
         try:
             with local_file(unit.video.input.path) as path:
@@ -179,13 +197,24 @@ class ExtractFacesFn(beam.DoFn):
         """The face mesh of every kept face, or None when the mesh is off."""
         if self._mesh is None:
             return None
-        return [self._mesh.landmarks(image, box, detections.eyes(i)) for i, box in enumerate(detections.boxes)]
+        return [self._mesh.landmarks(image, detections.roi_box(i), detections.eyes(i)) for i in range(len(detections))]
 
     def _count(self, chunk: FaceChunk) -> FaceChunk:
         self.frames_decoded.inc(chunk.frames_decoded)
         self.frames_sampled.inc(len(chunk.frame_index))
         self.frames_with_face.inc(int(np.count_nonzero(chunk.faces_in_frame)))
         return chunk
+
+
+class _Landmarker:
+    """The face landmarker behind the face mesh's interface: MeshResult with the blendshapes filled."""
+
+    def __init__(self, landmarker: FaceLandmarker):
+        self._landmarker = landmarker
+
+    def landmarks(self, image: np.ndarray, box: np.ndarray, eyes: Optional[np.ndarray]) -> MeshResult:
+        result = self._landmarker.process(image, box, eyes)
+        return MeshResult(result.points, result.presence, result.blendshapes)
 
 
 class ExtractFaces(beam.PTransform):

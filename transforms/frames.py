@@ -14,10 +14,11 @@ from apache_beam.metrics import Metrics
 from apache_beam.pvalue import TaggedOutput
 
 from core.elements import ChunkSummary, DeadLetter, ScoredChunk
+from models.face_landmarker import action_units
 from models.geometry import geometric_features
 from models.landmarks import normalise_landmarks
 from schemas.columns import PARTITION_COLUMN, prob_column
-from schemas.features import EMBEDDING_COLUMN, RESNET50_COLUMN
+from schemas.features import BLENDSHAPE_NAMES, EMBEDDING_COLUMN, RESNET50_COLUMN, blendshape_column
 from schemas.frames import frame_schema
 from transforms.dead_letters import DEAD_LETTERS, ParDoWithDeadLetters
 from transforms.parquet import frame_file, write_parquet
@@ -99,6 +100,12 @@ def _feature_columns(scored: ScoredChunk, groups, has_face, face_rows, face_col)
         if "geometry" in groups:
             out.update({name: face_col(values, pa.float32())
                         for name, values in geometric_features(normalised).items()})
+    if "blendshapes" in groups:
+        if c.blendshapes is None:
+            raise ValueError("feature group 'blendshapes' is on, but the chunk carries no blendshapes")
+        out.update({blendshape_column(name): face_col(c.blendshapes[:, i], pa.float32())
+                    for i, name in enumerate(BLENDSHAPE_NAMES)})
+        out.update({name: face_col(values, pa.float32()) for name, values in action_units(c.blendshapes).items()})
     for group, column, values in (("embedding", EMBEDDING_COLUMN, scored.embedding),
                                   ("resnet50", RESNET50_COLUMN, scored.resnet50)):
         if group in groups:

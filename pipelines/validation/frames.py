@@ -17,7 +17,7 @@ from pipelines.validation.rules import (FRAMES, VIDEOS, RunFacts, between, colum
                                         not_null, rows_rule, meta)
 from schemas.columns import PARTITION_COLUMN, prob_column, smooth_column
 from schemas.external import face_rule_exemptions
-from schemas.features import EMBEDDING_COLUMN, N_LANDMARK_VALUES, RESNET50_COLUMN, RESNET50_VALUES, feature_columns
+from schemas.features import EMBEDDING_COLUMN, RESNET50_COLUMN, RESNET50_VALUES, feature_columns, landmark_values
 from schemas.frames import frame_columns
 
 
@@ -26,7 +26,8 @@ def _vector_rules(table: str, groups: Sequence[str]) -> list:
     (landmarks 468 x 3, ResNet50 2048, the embedding whatever its model gives); ResNet50's
     pooled ReLU features are >= 0."""
     exps = []
-    fixed = {"landmarks": ("landmarks", N_LANDMARK_VALUES), "landmarks_norm": ("landmarks", N_LANDMARK_VALUES),
+    points = landmark_values(groups)
+    fixed = {"landmarks": ("landmarks", points), "landmarks_norm": ("landmarks", points),
              RESNET50_COLUMN: ("resnet50", RESNET50_VALUES)}
     for column, (group, length) in fixed.items():
         if group in groups:
@@ -80,6 +81,8 @@ def frame_expectations(facts: RunFacts, settings: ValidationConfig) -> list:
                                                       "a series follows the primary face"))
              for c in series]
     exps += _vector_rules(t, facts.feature_groups)
+    if "blendshapes" in facts.feature_groups:          # sigmoid scores, and AU means of them
+        exps += [between(t, c.name, 0, 1) for c in feature_columns(["blendshapes"])]
     exps.append(rows_rule(t, "(video_id, frame_index, face_index)",
                       "unique key; a faceless frame (face_index null) counts as face 0", """
         SELECT video_id, frame_index, coalesce(face_index, 0) AS face_key, count(*) AS row_count FROM {batch}
