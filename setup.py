@@ -23,6 +23,7 @@ setup(
         "numpy>=1.26,<3",
         "opencv-python-headless>=4.10,<5",
         "tensorflow==2.21.0",
+        "keras>=3.10,<4",                # Keras 3 API of the video-level models (masks passed explicitly)
         "great-expectations==1.24.1",
         "duckdb>=1.1,<3",
         "sqlalchemy>=2.0,<2.1",          # GX's SQL engine for `affectflow validate`; duckdb-engine 0.17 predates 2.1
@@ -30,7 +31,7 @@ setup(
         "pyyaml>=6,<7",
         "matplotlib>=3.8,<4",
         "pydantic>=2.7,<3",              # the job settings: types, ranges, defaults and docs in one place
-        "scikit-learn>=1.4,<2",          # cross-validation folds
+        "scikit-learn>=1.4,<2",          # cross-validation folds, the training baseline
         "tqdm>=4.66,<5",                 # progress: a bar on a terminal, plain lines in a log
     ],
     extras_require={

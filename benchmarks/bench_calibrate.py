@@ -39,7 +39,8 @@ import pyarrow as pa  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 
 from models.registry import FER2013_LABELS  # noqa: E402
-from pipelines.calibration.folds import assign_folds, parse_thresholds  # noqa: E402
+from pipelines.calibration.thresholds import parse_thresholds
+from pipelines.folds import assign_folds  # noqa: E402
 from pipelines.calibration.job import calibrate_counts
 from pipelines.calibration.counts import count_frame_labels
 from models.aggregation import AggregationSettings  # noqa: E402

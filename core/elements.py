@@ -199,3 +199,34 @@ class VideoResults:
     @property
     def rows_written(self) -> int:
         return sum(s.rows_written for s in self.summaries)
+
+
+@dataclass
+class VideoSequence:
+    """One video's primary-face frame features in time order: the input of a video classifier.
+
+    ``features`` float32[n, d] in the model card's feature order (NaN where a feature is
+    missing), ``valid`` bool[n] (a face was found and every feature is present). ``source``
+    identifies the frame rows it was read from (their bytes and settings), so a rerun can tell
+    whether a stored prediction still holds.
+    """
+    video_id: str
+    features: np.ndarray
+    valid: np.ndarray
+    source: str = ""
+
+    @property
+    def frames_valid(self) -> int:
+        return int(np.count_nonzero(self.valid))
+
+
+@dataclass(frozen=True)
+class VideoPrediction:
+    """A video classifier's verdict on one video: the class probabilities in the card's label
+    order (None when the video has no valid frame: status ``no_face``)."""
+    video_id: str
+    status: str                         # ok | no_face
+    probabilities: Optional[tuple[float, ...]]
+    frames_total: int
+    frames_valid: int
+    source: str = ""

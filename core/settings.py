@@ -173,6 +173,37 @@ class ValidationConfig(Section):
         return value
 
 
+class TrainConfig(Section):
+    """How `affectflow train` builds and fits the video-level sequence models."""
+    max_frames: int = Field(
+        300, ge=2, le=10000, description="Longest sequence a model sees: a video with more frames is resampled "
+        "evenly over its whole length (first and last frame kept, nothing cut off); shorter ones are padded and "
+        "masked. The models' length is the longest video's, up to this.")
+    rnn: Literal["gru", "lstm"] = Field("gru", description="Recurrent cell of the bidirectional RNN.")
+    units: int = Field(64, ge=2, le=4096, description="Units of the RNN per direction (and of the attention "
+                       "scorer and the convolution's filters).")
+    conv_kernel: int = Field(5, ge=1, le=99, description="Frames the RNN-conv model's 1-D convolution spans.")
+    dropout: float = Field(0.2, ge=0, lt=1, description="Dropout before the softmax layer.")
+    learning_rate: float = Field(0.001, gt=0, le=1, description="Adam's learning rate.")
+    batch_size: int = Field(32, ge=1, description="Videos per training step.")
+    epochs: int = Field(100, ge=1, description="Most epochs per fit; early stopping on the inner validation loss "
+                        "usually ends it sooner (the best epoch's weights are kept).")
+    patience: int = Field(10, ge=1, description="Epochs without a lower validation loss before a fit stops.")
+    validation_share: float = Field(0.2, gt=0, lt=1, description="Share of each training fold (whole subjects) "
+                                    "held out for early stopping; never the test fold.")
+    seed: int = Field(0, ge=0, description="Seed of the folds, the inner split, the weights and the shuffling: "
+                      "the same data and seed give the same models on the same machine.")
+    min_face_frames: int = Field(1, ge=1, description="A labelled video with fewer frames whose face and "
+                                 "features are present is left out of training (and reported).")
+
+
+class ClassifierConfig(Section):
+    """A trained video classifier applied at the end of `affectflow run`."""
+    model: Optional[str] = Field(None, description="Model folder written by `affectflow train` (model_card.json "
+                                 "and model.keras; any Beam filesystem path); null = none. The run then writes "
+                                 "predictions/ for its videos.")
+
+
 class JobConfig(Section):
     input: Optional[str] = Field(None, description="Glob, folder or manifest (.csv / .parquet); --input.")
     output: Optional[str] = Field(None, description="Output folder (any Beam filesystem path); --output.")
@@ -188,3 +219,5 @@ class JobConfig(Section):
     models: ModelsConfig = Field(default_factory=ModelsConfig)
     progress: bool = Field(True, description="Show progress while a run goes on.")
     validation: ValidationConfig = Field(default_factory=ValidationConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    classifier: ClassifierConfig = Field(default_factory=ClassifierConfig)

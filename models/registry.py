@@ -155,6 +155,17 @@ REGISTRY: dict[str, ModelSpec] = {
             licence="the user's weights file",
         ),
         ModelSpec(
+            name="video_classifier",
+            kind="video_classifier",
+            description="A video-level emotion classifier you trained with affectflow train (RNN-attention, "
+                        "RNN-conv, RNN-average or frame-average): a folder with model.keras and model_card.json",
+            files={"model": None, "card": None},
+            input_contract="the primary face's frame features named in the card, in time order, resampled or "
+                           "padded to the card's sequence length and z-scored with the card's statistics",
+            licence="your model",
+            options={"folder_files": {"model": "model.keras", "card": "model_card.json"}},
+        ),
+        ModelSpec(
             name="emfacs_rules",
             kind="rule",
             description="Rule-based, not a trained model: EMFACS-7 prototypes (Friesen & Ekman 1983) scored on "
@@ -207,7 +218,7 @@ def resolve(name: str, explicit: Mapping[str, str] | str | None = None, *, allow
     else:
         origin = "explicit"
     if explicit is not None:
-        roles = explicit if isinstance(explicit, Mapping) else {"weights": explicit}
+        roles = explicit if isinstance(explicit, Mapping) else _roles_of(spec, explicit)
         unknown = set(roles) - set(spec.files)
         if unknown:
             raise KeyError(f"model {name!r} has no file role(s) {sorted(unknown)}; roles: {sorted(spec.files)}")
@@ -231,6 +242,16 @@ def resolve(name: str, explicit: Mapping[str, str] | str | None = None, *, allow
     local = fetch(list(pinned_files.values()))     # verifies checksums, cached or not
     return ResolvedModel(spec, {r: str(p) for r, p in zip(pinned_files, local)},
                          {r: f.sha256 for r, f in pinned_files.items()}, "cache" if cached else "fetched")
+
+
+def _roles_of(spec: ModelSpec, path: str) -> dict[str, str]:
+    """role -> file for a one-path model: the weights file, or for a model kept as a folder
+    (``options.folder_files``) each of its files inside ``path``."""
+    folder_files = spec.options.get("folder_files")
+    if not folder_files:
+        return {"weights": path}
+    root = path.rstrip("/")
+    return {role: f"{root}/{name}" for role, name in folder_files.items()}
 
 
 def _localise(path: str) -> str:

@@ -17,6 +17,7 @@ from core.settings import DEFAULT_BROAD_MAP, JobConfig
 from models.registry import FER2013_LABELS
 from schemas.features import FEATURE_GROUPS, feature_columns
 from schemas.frames import frame_schema
+from schemas.predictions import prediction_schema
 from schemas.videos import dead_letter_schema, video_schema
 
 PAGES = {"columns.md": "columns_page", "configuration.md": "configuration_page"}
@@ -50,7 +51,13 @@ def columns_page() -> str:
         "video run; `openface` / `pyfeat` in an `affectflow ingest` output.", "",
         _columns_table(pa.schema([c.field() for c in feature_columns(FEATURE_GROUPS, FER2013_LABELS)])),
         "", "## videos", "", _columns_table(video_schema(FER2013_LABELS, broad)),
-        "", "## dead_letters", "", _columns_table(dead_letter_schema()), ""])
+        "", "## dead_letters", "", _columns_table(dead_letter_schema()),
+        "", "## predictions", "",
+        "Written by `affectflow predict` (or a run with `classifier.model`) under "
+        "`predictions/model=<name>/video_id=<id>/`; both partition columns live in the folder names. One "
+        "`prob_*` column per class of the model, in its label order (here a binary model with classes negative, "
+        "positive).", "",
+        _columns_table(prediction_schema(("negative", "positive"))), ""])
 
 
 _TYPE_WORDS = {bool: "true / false", int: "integer", float: "number", str: "text", dict: "mapping"}

@@ -98,7 +98,7 @@ EXTRACTION_VERSION = 2
 # aggregate.* settings only decide video labels, which a rerun recomputes from the counts without
 # decoding (pipelines.runs); segment_seconds stays in: it shows in segment_index and segments.
 _NOT_FINGERPRINTED = {("input",), ("output",), ("archive_root",), ("progress",), ("validation",), ("models",),
-                      ("aggregate",), ("decode", "chunk_frames"), ("decode", "decoder_threads"),
+                      ("aggregate",), ("train",), ("classifier",), ("decode", "chunk_frames"), ("decode", "decoder_threads"),
                       ("emotion", "max_batch"), ("features", "feature_set")}
 
 
@@ -172,10 +172,20 @@ def execute(config: RunConfig, argv_for_manifest: Optional[list[str]] = None, fo
     goes to ``<output>/run_manifest.json`` (the latest run) and
     ``<output>/runs/<run_id>/run_manifest.json`` (kept for provenance).
     """
+    classifier = config.job.classifier.model
+    if classifier:                      # a model that cannot read this run's columns fails before any work
+        from pipelines.predict import check_model_settings, model_folder
+        from models.video_classifier import VideoClassifierHandler
+        classifier = model_folder(classifier)
+        check_model_settings(VideoClassifierHandler(classifier).card, frame_feature_groups(config))
     with OutputRun(config, argv_for_manifest, force, wait_s, prune) as run:
         inputs, extra_fields = discover(config.job.input, run.archive_root())
         models = resolve_models(config)
         plan = run.plan(inputs, extra_fields, aggregation_settings(config), frame_feature_groups(config),
                         settings_fingerprint(config, models), [m.manifest_entry() for m in models])
         run_pipeline(config, plan)
-        return run.finish(plan, {"feature_set": feature_set_entry(config)})
+        manifest = run.finish(plan, {"feature_set": feature_set_entry(config)})
+        if classifier:                  # the classifier's Beam stage over the committed frame rows
+            from pipelines.predict import predict_output
+            manifest["predictions"] = predict_output(run.output, classifier, config, command=argv_for_manifest)
+        return manifest

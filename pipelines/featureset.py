@@ -6,15 +6,17 @@
 
 Feature sets (schemas.features.feature_set_columns gives the columns, in this order):
 
-* ``appearance``: the FACS-named geometric measures ``geo_*`` (schema order), or for a table
-  ingested from OpenFace / py-feat that tool's AU intensities;
+* ``appearance``: the blendshapes' FACS AU view ``au_*`` and the geometric measures ``geo_*``
+  (schema order; whichever the run wrote), or for a table ingested from OpenFace / py-feat that
+  tool's AU intensities;
 * ``deep``: the emotion network's embedding ``emb_mini_xception``, then ``resnet50``
   (whichever the run wrote; each list column expanded in place);
 * ``both``: appearance, then deep.
 
 Rows: frames whose face was found and whose every feature of the set is present, in
 (video_id, frame_index, face_index) order. `iter_feature_batches` yields one frame file at a
-time, so a table larger than memory can feed an incremental learner.
+time, so a table larger than memory can feed an incremental learner. (`affectflow train` reads the
+same columns per video as time-ordered sequences: transforms.sequences.)
 """
 from __future__ import annotations
 

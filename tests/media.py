@@ -84,3 +84,34 @@ def truncated_copy(source: Path, path: Path, fraction: float = 0.3) -> Path:
     data = source.read_bytes()
     path.write_bytes(data[: int(len(data) * fraction)])
     return path
+
+
+def cut_clips(source: Path, folder: Path, spans: Sequence[tuple[str, float, float]], every: int = 3,
+              scale: float = 0.5) -> list[Path]:
+    """Clips ``folder/<name>.mp4`` of ``source``'s frames in [start_s, end_s) for each (name, start, end)
+    span, keeping every ``every``-th frame scaled by ``scale`` (small and quick to process). One pass
+    over the source, one frame in memory."""
+    folder.mkdir(parents=True, exist_ok=True)
+    cap = cv2.VideoCapture(str(source))
+    fps = cap.get(cv2.CAP_PROP_FPS) or 25.0
+    writers: dict[str, cv2.VideoWriter] = {}
+    index = 0
+    while True:
+        ok, frame = cap.read()
+        if not ok:
+            break
+        t = index / fps
+        if index % every == 0:
+            small = cv2.resize(frame, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
+            for name, start, end in spans:
+                if start <= t < end:
+                    if name not in writers:
+                        h, w = small.shape[:2]
+                        writers[name] = cv2.VideoWriter(str(folder / f"{name}.mp4"), cv2.VideoWriter_fourcc(*"mp4v"),
+                                                         fps / every, (w, h))
+                    writers[name].write(small)
+        index += 1
+    cap.release()
+    for writer in writers.values():
+        writer.release()
+    return [folder / f"{name}.mp4" for name, _, _ in spans]

@@ -23,10 +23,11 @@ from sklearn.metrics import accuracy_score, balanced_accuracy_score, confusion_m
 from models.registry import FER2013_LABELS
 from pipelines import cli
 from pipelines.cli.parser import build_parser
-from pipelines.calibration.folds import assign_folds, parse_thresholds
+from pipelines.calibration.thresholds import parse_thresholds
+from pipelines.folds import assign_folds
 from pipelines.calibration.job import calibrate_counts, setting_truth, write_calibration
 from pipelines.calibration.counts import count_frame_labels, pivot_counts
-from pipelines.calibration.labels import parse_label_map
+from pipelines.labels import parse_label_map
 from pipelines.calibration.report import FIGURES, PAPER_COLUMNS
 from pipelines.config import DEFAULT_CONFIG, load_config
 from pipelines.extract import aggregation_settings

@@ -20,8 +20,9 @@ from core.settings import AggregateConfig
 from models.aggregation import AggregationSettings
 from pipelines.calibration.constants import DEFAULT_FOLDS, DEFAULT_THRESHOLDS, SETTINGS
 from pipelines.calibration.counts import count_frame_labels
-from pipelines.calibration.folds import parse_thresholds
-from pipelines.calibration.labels import counts_for, read_labelled_manifest
+from pipelines.calibration.thresholds import parse_thresholds
+from pipelines.calibration.labels import counts_for
+from pipelines.labels import read_labelled_manifest
 from pipelines.calibration.report import fragment_text, render_html
 from pipelines.calibration.sweep import SettingResult, evaluate_setting
 from pipelines.calibration.counts import frame_labels

@@ -10,14 +10,12 @@ threshold, confusion matrices, per-class F1. Figures use matplotlib's object API
 """
 from __future__ import annotations
 
-import base64
-import html
-import io
-
 import numpy as np
 import yaml
 
 from pipelines.calibration.constants import SETTINGS
+from pipelines.html_report import STYLE as _STYLE, draw_confusion, escape as _e, new_figure as _new_figure, png as _png
+from pipelines.html_report import table as _table
 
 # figure key -> caption title; each evaluated setting gets one figure of each, id fig-<setting>-<key>
 FIGURES = {
@@ -26,27 +24,6 @@ FIGURES = {
     "f1": "Per-class F1",
 }
 PAPER_COLUMNS = ("Data set", "Threshold accuracy", "Optimal threshold", "Top-1 accuracy", "Difference")
-_STYLE = """
-body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
-table{border-collapse:collapse;margin:0.8em 0}th,td{border:1px solid #ccc;padding:3px 8px;text-align:right}
-th:first-child,td:first-child{text-align:left}thead th{background:#f2f2f2}
-.caveat{background:#fff6e0;border-left:4px solid #e0a000;padding:0.6em 1em}
-figure{margin:1.2em 0}figure img{max-width:100%}figcaption{font-size:0.92em;color:#444}
-pre{background:#f6f6f6;padding:0.6em}
-"""
-
-
-def _png(fig) -> str:
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
-    return base64.b64encode(buffer.getvalue()).decode("ascii")
-
-
-def _new_figure(width: float, height: float):
-    from matplotlib.figure import Figure
-    return Figure(figsize=(width, height), layout="constrained")
-
-
 def sweep_figure(setting: dict) -> str:
     """Base64 PNG: accuracy and UAR (mean over test folds, +- SD) versus threshold for each
     fallback; Top-1 as a horizontal line; the fitted threshold as a dotted vertical line."""
@@ -90,18 +67,8 @@ def confusion_figure(setting: dict) -> str:
     side = max(3.5, 0.45 * len(names) + 1.5)
     fig = _new_figure(2 * side, side)
     for ax, s, title in zip(fig.subplots(1, 2), summaries, titles):
-        cm = np.asarray(s["confusion"])[np.ix_(shown, shown)]
-        share = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
-        ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
-        size = 9 if len(names) <= 8 else 6
-        for i, j in zip(*np.nonzero(cm)):
-            ax.text(j, i, str(cm[i, j]), ha="center", va="center", fontsize=size,
-                    color="white" if share[i, j] > 0.6 else "black")
-        ax.set_xticks(range(len(names)), names, rotation=45, ha="right", fontsize=size + 1)
-        ax.set_yticks(range(len(names)), names, fontsize=size + 1)
-        ax.set_xlabel("predicted")
-        ax.set_ylabel("true")
-        ax.set_title(f"{title}: accuracy {s['accuracy']:.3f}", fontsize=10)
+        draw_confusion(ax, np.asarray(s["confusion"])[np.ix_(shown, shown)], names,
+                       f"{title}: accuracy {s['accuracy']:.3f}")
     return _png(fig)
 
 
@@ -135,16 +102,6 @@ def _caption(key: str, setting_name: str, setting: dict) -> str:
         "f1": "pooled over the folds: Top-1 and the cross-validated threshold method.",
     }[key]
     return f"{FIGURES[key]} ({setting_name} setting, {len(setting['labels'])} labels): {detail}"
-
-
-def _e(value) -> str:
-    return html.escape(str(value))
-
-
-def _table(headers, rows, attrs: str = "") -> str:
-    head = "".join(f"<th>{_e(h)}</th>" for h in headers)
-    body = "".join("<tr>" + "".join(f"<td>{_e(c)}</td>" for c in row) + "</tr>" for row in rows)
-    return f"<table {attrs}><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
 def paper_table_html(setting_name: str, setting: dict) -> str:

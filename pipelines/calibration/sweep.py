@@ -7,7 +7,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from models.aggregation import apply_methods
-from pipelines.calibration.folds import assign_folds, can_stratify
+from pipelines.folds import assign_folds, can_stratify
 from pipelines.metrics import METRICS, confusion_matrices, encode, scores, summary
 from schemas.columns import FALLBACKS
 

@@ -8,6 +8,8 @@
     affectflow validate OUTPUT [--config YAML] [--set validation.key=value ...]
     affectflow calibrate --output DIR --manifest LABELLED.csv [--report DIR] ...
     affectflow ingest {openface,pyfeat} INPUT --output DIR [--frame-size WxH] [--fps F] [--config YAML] [--set ...]
+    affectflow train --output DIR --manifest LABELLED.csv --dest MODEL_DIR [--model all] [--features appearance] ...
+    affectflow predict --output DIR --model MODEL_DIR
 
 Exit codes: 0 success; 1 the run finished but some of the videos it processed failed (their
 dead letters are in the output); 2 bad usage or configuration (nothing was done); 3 the run

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from pipelines.cli.summary import EXIT_OK, print_summary, run_exit_code
+from pipelines.cli.summary import EXIT_INVALID, EXIT_OK, EXIT_VIDEOS_FAILED, print_summary, run_exit_code
 
 
 def _config(args, inputs: dict | None = None):
@@ -48,7 +48,7 @@ def aggregate(args: argparse.Namespace) -> int:
 def calibrate(args: argparse.Namespace) -> int:
     from models.registry import get_spec
     from pipelines.calibration.job import aggregation_settings_for, calibrate_output
-    from pipelines.calibration.labels import parse_label_map
+    from pipelines.labels import parse_label_map
     from pipelines.calibration.report import format_paper_table
     config = _config(args)
     settings = aggregation_settings_for(args.output, config.job.aggregate, get_spec(config.job.emotion.model).labels)
@@ -81,6 +81,54 @@ def ingest(args: argparse.Namespace) -> int:
                               args.force, sys.argv, args.wait)
     print_summary(manifest)
     return run_exit_code(manifest)
+
+
+def train(args: argparse.Namespace) -> int:
+    from models.sequence_data import PAPER_KINDS, SEQUENCE_KINDS
+    from pipelines.labels import parse_label_map
+    from pipelines.training.data import parse_binary_map
+    from pipelines.training.job import TrainRequest, train as train_models
+    from schemas.predictions import TASKS
+    config = _config(args)
+    request = TrainRequest(
+        output=args.output.rstrip("/"), manifest=args.manifest, dest=args.dest,
+        models=TrainRequest.expand(args.model or ["all"], SEQUENCE_KINDS, "--model", PAPER_KINDS),
+        feature_sets=TrainRequest.expand(args.features or ["appearance"], ("appearance", "deep", "both"),
+                                         "--features", ("appearance", "deep", "both")),
+        tasks=TrainRequest.expand(args.task or ["multiclass"], TASKS, "--task", TASKS), folds=args.folds,
+        label_map=parse_label_map(args.label_map), binary_map=parse_binary_map(args.binary_map),
+        allow_no_subjects=args.allow_no_subjects, overwrite=args.overwrite)
+    report = train_models(request, config.job.train, sys.argv)
+    print(f"trained {len(report['models'])} model(s) in {report['seconds']:.0f} s; cross-validated "
+          f"({report['folds']} folds, grouped by {report['grouped_by']}):")
+    for result in report["results"]:
+        print(f"  {result['name']:45s} UAR {result['mean']['uar']:.3f} ± {result['sd']['uar']:.3f}   accuracy "
+              f"{result['mean']['accuracy']:.3f} ± {result['sd']['accuracy']:.3f}")
+    for key, path in report["files"].items():
+        print(f"  {key:8s}{path}")
+    return EXIT_OK
+
+
+def predict(args: argparse.Namespace) -> int:
+    import os
+    from core.errors import UsageError
+    from pipelines.predict import predict as predict_videos
+    config = _config(args)
+    model = (args.model or config.job.classifier.model or config.job.models.paths.get("video_classifier")
+             or os.environ.get("AFFECTFLOW_MODEL_VIDEO_CLASSIFIER"))
+    if not model:
+        raise UsageError("give the model folder: --model, classifier.model, models.paths.video_classifier or "
+                         "AFFECTFLOW_MODEL_VIDEO_CLASSIFIER")
+    entry = predict_videos(args.output, model, config, force=args.force, wait_s=args.wait, command=sys.argv)
+    counts = entry["counts"]
+    print(f"predicted {entry['predicted']} video(s) with {entry['model']} ({entry['kept']} kept from before): "
+          + ", ".join(f"{k} {v}" for k, v in counts.items()))
+    validation = entry.get("validation") or {}
+    if validation.get("summary"):
+        print(validation["summary"])
+    if validation.get("valid") is False:
+        return EXIT_INVALID
+    return EXIT_VIDEOS_FAILED if counts.get("failed") else EXIT_OK
 
 
 def models(args: argparse.Namespace) -> int:
@@ -116,11 +164,14 @@ def validate(args: argparse.Namespace) -> int:
     from pipelines.output.manifest import new_run_id
     from pipelines.validation.job import validate_output
     settings = _config(args).job.validation
+    from pipelines.validation.predictions import predicted_models, validate_predictions
     with OutputLock(args.output, f"validate-{new_run_id()}", " ".join(sys.argv), args.wait):
-        report = validate_output(args.output, settings)
-    print(report.summary())
-    return report.exit_code
+        reports = [validate_output(args.output, settings)]
+        reports += [validate_predictions(args.output, model, settings) for model in predicted_models(args.output)]
+    for report in reports:
+        print(report.summary())
+    return max(report.exit_code for report in reports)
 
 
 HANDLERS = {"run": run, "demo": demo, "aggregate": aggregate, "calibrate": calibrate, "ingest": ingest,
-            "models": models, "samples": samples, "validate": validate}
+            "train": train, "predict": predict, "models": models, "samples": samples, "validate": validate}

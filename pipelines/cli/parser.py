@@ -5,6 +5,7 @@ import argparse
 import importlib.metadata
 
 from pipelines.calibration.constants import DEFAULT_FOLDS, DEFAULT_THRESHOLDS, ENGINES, SETTINGS
+from models.sequence_data import SEQUENCE_KINDS
 from pipelines.metrics import METRICS
 from schemas.external import EXTERNAL_GROUPS as SOURCES
 
@@ -94,6 +95,31 @@ def build_parser(description: str) -> argparse.ArgumentParser:
     _ingest_arguments(ing)
     _add_config_args(ing)
 
+    train = sub.add_parser("train", help="train video-level emotion models on your labelled videos",
+                           description="Train RNN-attention, RNN-conv and RNN-average models (and a frame-average "
+                                       "control) on the primary face's frame features of a run and a labelled "
+                                       "manifest; evaluate them with subject-grouped cross-validation against a "
+                                       "mean/SD logistic regression and the run's Top-1 and threshold labels; write "
+                                       "one model folder per model x features x task, cv.json, "
+                                       "oof_predictions.parquet and report.html into DEST. Settings: train.* "
+                                       "(--set train.epochs=50).")
+    _train_arguments(train)
+    _add_config_args(train)
+
+    predict = sub.add_parser("predict", help="apply a trained video classifier to every video of a run",
+                             description="Predict every video of RUN_DIR with a model folder written by affectflow "
+                                         "train; write RUN_DIR/predictions/model=<name>/ (one row per video) through "
+                                         "staging and validate it. Videos whose frame rows and model are unchanged "
+                                         "keep their prediction. Exit 0 all predicted; 1 some videos failed; 2 bad "
+                                         "usage (e.g. a model trained on other features); 4 validation failed.")
+    predict.add_argument("--output", required=True, metavar="RUN_DIR", help="an affectflow output folder")
+    predict.add_argument("--model", metavar="MODEL_DIR",
+                         help="a model folder (model_card.json, model.keras), or a train DEST holding one model "
+                              "(default: classifier.model, else models.paths.video_classifier)")
+    predict.add_argument("--force", action="store_true", help="predict every video again")
+    _add_wait_arg(predict)
+    _add_config_args(predict)
+
     models = sub.add_parser("models", help="list registered models or pre-fetch their weights")
     models_sub = models.add_subparsers(dest="models_command", required=True)
     models_sub.add_parser("list", help="name, kind, source, cache state, input contract, labels")
@@ -115,7 +141,8 @@ def build_parser(description: str) -> argparse.ArgumentParser:
 
     val = sub.add_parser("validate", help="check an output folder against the schema-derived GX suites",
                          description="Run the Great Expectations suites (schema, ranges, label vocabularies, keys, "
-                                     "reconciliation, limits) over OUTPUT's tables as SQL over the Parquet; write "
+                                     "reconciliation, limits) over OUTPUT's tables as SQL over the Parquet, and the "
+                                     "predictions suite of every model that predicted it; write "
                                      "OUTPUT/validation/results.json and Data Docs; exit 4 on a critical failure.")
     val.add_argument("output", help="an affectflow output folder (with run_manifest.json)")
     _add_wait_arg(val)
@@ -150,6 +177,33 @@ def _calibrate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--engine", choices=ENGINES, default="auto",
                         help="what groups the frame table into counts: duckdb, pyarrow (batched scan, any "
                              "filesystem), or auto (duckdb for local folders; default)")
+
+
+def _train_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of `affectflow train`."""
+    parser.add_argument("--output", required=True, metavar="RUN_DIR",
+                        help="the run's output folder (its frames/ table is read; no video is decoded)")
+    parser.add_argument("--manifest", required=True, metavar="PATH",
+                        help="labelled manifest .csv/.parquet: label, video_id or path, subject_id")
+    parser.add_argument("--dest", required=True, metavar="MODEL_DIR", help="local folder for the models and reports")
+    parser.add_argument("--model", action="append", default=[], metavar="NAME_OR_ALL",
+                        help=f"{', '.join(SEQUENCE_KINDS)} or all (the paper's three; default); comma-separated or "
+                             "repeated")
+    parser.add_argument("--features", action="append", default=[], metavar="SET",
+                        help="appearance (AU-like columns), deep (embeddings), both (concatenated) or all; "
+                             "default appearance")
+    parser.add_argument("--task", action="append", default=[], metavar="TASK",
+                        help="multiclass, binary or all; default multiclass")
+    parser.add_argument("--folds", type=int, default=5, help="cross-validation folds, grouped by subject (default 5)")
+    parser.add_argument("--label-map", action="append", default=[], metavar="YAML_OR_KEY=VALUE",
+                        help="map manifest labels before training (a YAML mapping or key=value pairs)")
+    parser.add_argument("--binary-map", action="append", default=[], metavar="YAML_OR_KEY=VALUE",
+                        help="label -> class of the binary task (e.g. happy=positive,sad=negative); null leaves a "
+                             "label out")
+    parser.add_argument("--allow-no-subjects", action="store_true",
+                        help="train on a manifest without subject_id, each video its own group (scores are then "
+                             "optimistic when a person has several videos)")
+    parser.add_argument("--overwrite", action="store_true", help="replace what an earlier train wrote into DEST")
 
 
 def _ingest_arguments(parser: argparse.ArgumentParser) -> None:

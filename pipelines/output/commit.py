@@ -26,10 +26,11 @@ JOURNAL = "_commit.json"
 _LOG = logging.getLogger(__name__)
 
 
-def staged_tables(staging: str) -> dict[str, set[str]]:
-    """video_id -> the tables with a staged partition for it."""
+def staged_tables(staging: str, tables: Sequence[str] = TABLES) -> dict[str, set[str]]:
+    """video_id -> which of ``tables`` (a table may be a path such as ``predictions/model=m``) have a
+    staged partition for it."""
     found: dict[str, set[str]] = {}
-    for table in TABLES:
+    for table in tables:
         for path in list_files(FileSystems.join(staging, table)):
             video_id = partition_of(path)
             if video_id:
@@ -46,7 +47,7 @@ def commit_staging(staging: str, output: str, replace: Mapping[str, Sequence[str
     renames: a reader sees the old partition or the new one, never a mix of their files. On object
     stores (no folder rename) the files are moved one by one.
     """
-    staged = staged_tables(staging)
+    staged = staged_tables(staging, sorted({t for ts in replace.values() for t in ts}))
     journal = {video_id: {table: table in staged.get(video_id, ()) for table in tables}
                for video_id, tables in replace.items()}
     _write_text(FileSystems.join(staging, JOURNAL), json.dumps(journal, sort_keys=True))

@@ -12,8 +12,24 @@ from pipelines.validation.stored import PARQUET_COLUMNS, stored_column_rows
 from schemas.columns import PARTITION_COLUMN
 
 
-def _quote(value: str) -> str:
+def sql_literal(value: str) -> str:
+    """A SQL string literal."""
     return "'" + value.replace("'", "''") + "'"
+
+
+def create_empty_table(con, name: str, schema: pa.Schema) -> None:
+    """A table ``name`` with ``schema``'s columns and no rows (a table with no files yet)."""
+    con.register("empty_table", schema.empty_table())
+    con.execute(f'CREATE TABLE "{name}" AS SELECT * FROM empty_table')
+    con.unregister("empty_table")
+
+
+def create_parquet_columns(con, rows: list[tuple[str, str, str, str, str]]) -> None:
+    """The ``parquet_columns`` table from `stored_column_rows` rows."""
+    names = ("table_name", "file", "column_name", "arrow_type", "expected_type")
+    con.register("stored_columns", pa.table({n: pa.array([r[i] for r in rows], pa.string())
+                                             for i, n in enumerate(names)}))
+    con.execute(f'CREATE TABLE "{PARQUET_COLUMNS}" AS SELECT * FROM stored_columns')
 
 
 def build_catalog(output: Path, path: Path, schemas: dict[str, pa.Schema], carried_known: bool = True) -> None:
@@ -39,17 +55,12 @@ def build_catalog(output: Path, path: Path, schemas: dict[str, pa.Schema], carri
                     rows += stored_column_rows(table, schema, relative, None, f"{type(exc).__name__}: {exc}")
             if readable:
                 glob_chars = set("*?[]{}") & set(str(output))
-                source = ("[" + ", ".join(map(_quote, readable)) + "]" if glob_chars or len(readable) < len(files)
-                          else _quote(os.path.join(str(output / table), f"{PARTITION_COLUMN}=*", "*.parquet")))
+                source = ("[" + ", ".join(map(sql_literal, readable)) + "]" if glob_chars or len(readable) < len(files)
+                          else sql_literal(os.path.join(str(output / table), f"{PARTITION_COLUMN}=*", "*.parquet")))
                 con.execute(f'CREATE VIEW "{table}" AS SELECT * FROM read_parquet({source}, hive_partitioning = true, '
                             f"hive_types = {{'{PARTITION_COLUMN}': VARCHAR}}, union_by_name = true)")
             else:
-                con.register("empty_table", schema.empty_table())
-                con.execute(f'CREATE TABLE "{table}" AS SELECT * FROM empty_table')
-                con.unregister("empty_table")
-        names = ("table_name", "file", "column_name", "arrow_type", "expected_type")
-        con.register("stored_columns", pa.table({n: pa.array([r[i] for r in rows], pa.string())
-                                                 for i, n in enumerate(names)}))
-        con.execute(f'CREATE TABLE "{PARQUET_COLUMNS}" AS SELECT * FROM stored_columns')
+                create_empty_table(con, table, schema)
+        create_parquet_columns(con, rows)
     finally:
         con.close()

@@ -95,17 +95,22 @@ def validate_output(output_dir: str | os.PathLike, settings: Optional[Validation
         catalog = Path(scratch) / "catalog.duckdb"
         build_catalog(output, catalog, facts.schemas(), carried_known=facts.carried is not None)
         results = run_suites(catalog, Path(scratch), suites(facts, settings), settings, docs_dir, facts.run_id)
-    report = _report(output, facts, results, started, validation_dir / RESULTS_FILE, docs_dir / "index.html")
-    _write_json(validation_dir / RESULTS_FILE, {
+    report = verdict(output, facts.run_id, results, started, validation_dir / RESULTS_FILE, docs_dir / "index.html")
+    write_results(report, settings, results)
+    mark_manifests(output, facts.run_id, report.manifest_entry())
+    return report
+
+
+def write_results(report: ValidationReport, settings: ValidationConfig, results: dict) -> None:
+    """The report and every GX result as JSON at ``report.results_path``."""
+    _write_json(Path(report.results_path), {
         "output": report.output, "run_id": report.run_id, "valid": report.valid, "validated_at": report.validated_at,
         "duration_s": report.duration_s, "settings": settings.model_dump(mode="json"),
         "expectations": {"evaluated": report.evaluated, "failed_critical": len(report.failed),
                          "warnings": len(report.warnings)},
         "failed": [f.as_dict() for f in report.failed], "warnings": [f.as_dict() for f in report.warnings],
-        "data_docs": os.path.relpath(report.data_docs_path, output),
+        "data_docs": os.path.relpath(report.data_docs_path, report.output),
         "suites": {name: r.to_json_dict() for name, r in results.items()}})
-    mark_manifests(output, facts.run_id, report.manifest_entry())
-    return report
 
 
 def run_facts(manifest: dict) -> RunFacts:
@@ -122,14 +127,14 @@ def run_facts(manifest: dict) -> RunFacts:
                     broad_map=aggregate.get("broad_map"), carried=carried)
 
 
-def _report(output: Path, facts: RunFacts, results: dict, started: float, results_path: Path,
+def verdict(output: Path, run_id: str, results: dict, started: float, results_path: Path,
             data_docs: Path) -> ValidationReport:
     """The verdict from the GX results: critical failures first, then warnings, by table and column."""
     findings = [finding(r) for name in results for r in results[name].results if not r.success]
-    order = {t: i for i, t in enumerate(("frames", "videos", "dead_letters"))}
+    order = {t: i for i, t in enumerate(("frames", "videos", "dead_letters", "predictions"))}
     findings.sort(key=lambda f: (f.severity != "critical", order.get(f.table, 9), f.column, f.rule))
     return ValidationReport(
-        output=str(output), run_id=facts.run_id,
+        output=str(output), run_id=run_id,
         valid=not any(f.severity == "critical" for f in findings),
         failed=tuple(f for f in findings if f.severity == "critical"),
         warnings=tuple(f for f in findings if f.severity != "critical"),

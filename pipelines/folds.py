@@ -1,30 +1,11 @@
-"""Thresholds to sweep and cross-validation folds (scikit-learn's StratifiedGroupKFold / StratifiedKFold)."""
+"""Cross-validation folds of videos, by subject when known (scikit-learn's StratifiedGroupKFold /
+StratifiedKFold): calibration and training assign folds the same way."""
 from __future__ import annotations
 
 from typing import Optional
 
 import numpy as np
 from sklearn.model_selection import GroupKFold, KFold, StratifiedGroupKFold, StratifiedKFold
-
-
-def parse_thresholds(text: str) -> np.ndarray:
-    """``start:stop:step`` (inclusive of stop) or ``t1,t2,...`` -> sorted float[thresholds] in (0, 1].
-
-    Values are rounded to 10 decimals so 3 * 0.05 is written as 0.15.
-    """
-    text = text.strip()
-    if ":" in text:
-        parts = [float(p) for p in text.split(":")]
-        if len(parts) != 3 or parts[2] <= 0 or parts[1] < parts[0]:
-            raise ValueError(f"--thresholds takes start:stop:step with step > 0 and stop >= start, got {text!r}")
-        start, stop, step = parts
-        values = start + step * np.arange(int(np.floor((stop - start) / step + 1e-9)) + 1)
-    else:
-        values = np.asarray([float(p) for p in text.split(",") if p.strip()])
-    values = np.unique(np.round(values, 10))
-    if not len(values) or values.min() <= 0 or values.max() > 1:
-        raise ValueError(f"thresholds must be in (0, 1], got {text!r}")
-    return values
 
 
 def can_stratify(strata: np.ndarray, k: int) -> bool:
@@ -62,3 +43,22 @@ def assign_folds(strata: np.ndarray, groups: Optional[np.ndarray], k: int, seed:
     for fold, (_, test) in enumerate(splits):
         folds[test] = fold
     return folds
+
+
+def inner_validation(strata: np.ndarray, groups: Optional[np.ndarray], share: float, seed: int = 0) -> np.ndarray:
+    """bool[n]: the videos of a training fold held out for early stopping, about ``share`` of them.
+
+    Whole subjects when ``groups`` are given (one fold of ``round(1 / share)`` grouped, stratified
+    folds; fewer when there are fewer subjects), so no subject is on both sides. A training fold
+    of one subject holds out some of its videos instead (early stopping then sees that person,
+    the test fold still does not). Raises ValueError with fewer than two videos.
+    """
+    strata = np.asarray(strata, np.int64)
+    k = max(2, int(round(1 / share)))
+    if groups is not None and len(set(groups)) < 2:
+        groups = None
+    units = len(set(groups)) if groups is not None else len(strata)
+    k = min(k, units)
+    if k < 2:
+        raise ValueError(f"{units} video(s) in a training fold: nothing left to hold out for early stopping")
+    return assign_folds(strata, groups, k, seed) == 0

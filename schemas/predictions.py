@@ -1,0 +1,70 @@
+"""The predictions table: a trained video classifier's verdict on each video of an output.
+
+Layout: ``predictions/model=<model name>/video_id=<id>/part-00000.parquet``, one row per video
+and model; both partition values live in the folder names (Hive style), so DuckDB and pyarrow
+give them back as columns. One probability column per class of the model, generated from its
+label order; a label with characters SQL would need quotes for is written with ``_`` instead
+(the model card lists label and column side by side).
+"""
+from __future__ import annotations
+
+import re
+from typing import Sequence
+
+import pyarrow as pa
+
+from schemas.columns import PARTITION_COLUMN, Column, schema_of
+
+MODEL_PARTITION = "model"
+PREDICTION_STATUSES = ("ok", "no_face", "failed")
+TASKS = ("multiclass", "binary")
+
+
+def probability_column(label: str) -> str:
+    """``prob_<label>``, each run of characters other than letters, digits and ``_`` replaced by
+    one ``_`` ("mixed feelings" -> ``prob_mixed_feelings``)."""
+    return "prob_" + (re.sub(r"[^0-9A-Za-z_]+", "_", label).strip("_") or "label")
+
+
+def prediction_columns(labels: Sequence[str]) -> list[Column]:
+    """The predictions table's columns for a model with classes ``labels`` (partition columns first)."""
+    cols = [
+        Column(PARTITION_COLUMN, pa.string(), False, "Stable video id (partition key)."),
+        Column(MODEL_PARTITION, pa.string(), False, "The model's name (partition key): its folder name in "
+                                                    "affectflow train's output, e.g. rnn-attention.appearance.multiclass."),
+        Column("model_sha256", pa.string(), False, "SHA-256 of the model's model.keras."),
+        Column("model_kind", pa.string(), False, "rnn-attention | rnn-conv | rnn-average | frame-average."),
+        Column("task", pa.string(), False, "multiclass | binary."),
+        Column("feature_set", pa.string(), False, "appearance | deep | both: the frame columns the model reads."),
+        Column("status", pa.string(), False, "ok: predicted; no_face: no frame with a face and every feature "
+                                             "(nothing to predict from); failed: the frames could not be read "
+                                             "(error says why)."),
+        Column("predicted_label", pa.string(), True, "The most probable class; null unless status is ok."),
+        Column("confidence", pa.float32(), True, "Probability of predicted_label."),
+    ]
+    cols += [Column(probability_column(l), pa.float32(), True,
+                    f"Probability of '{l}'; the row's probabilities sum to 1 (null unless status is ok).")
+             for l in labels]
+    cols += [
+        Column("frames_total", pa.int32(), False, "Primary-face frame rows of the video (with or without a face)."),
+        Column("frames_valid", pa.int32(), False, "Of these, frames with a face and every feature: what the model "
+                                                  "saw (resampled to the model's sequence length when longer)."),
+        Column("error", pa.string(), True, "Why status is failed: the error's type and message."),
+        Column("source", pa.string(), False, "The frame rows the prediction was made from (content SHA-256 and "
+                                             "settings fingerprint of the video's row): a rerun predicts again "
+                                             "only when they or the model changed."),
+        Column("run_id", pa.string(), False, "Id of the run or predict job that wrote the row."),
+        Column("predicted_at", pa.timestamp("us", tz="UTC"), False, "When the row was written."),
+    ]
+    return cols
+
+
+def prediction_schema(labels: Sequence[str]) -> pa.Schema:
+    """The predictions table's logical schema (both partition columns included)."""
+    return schema_of(prediction_columns(labels), "predictions")
+
+
+def prediction_file_schema(labels: Sequence[str]) -> pa.Schema:
+    """What each prediction file stores: the schema without its two partition columns."""
+    return pa.schema([f for f in prediction_schema(labels) if f.name not in (PARTITION_COLUMN, MODEL_PARTITION)],
+                     metadata={"affectflow.table": "predictions"})
