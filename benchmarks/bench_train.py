@@ -59,6 +59,7 @@ def write_output(root: Path, videos: int, frames: int, features: int, seed: int 
         found = rng.random(frames) >= 0.05
         values = rng.normal(size=(frames, features)).astype(np.float32)
         columns = {"frame_index": pa.array(np.arange(frames, dtype=np.int64)),
+                   "timestamp_s": pa.array(np.arange(frames) / 25.0),
                    "face_index": pa.array(np.where(found, 0, -1).astype(np.int16), mask=~found),
                    "face_found": pa.array(found)}
         columns.update({n: pa.array(values[:, i], mask=~found) for i, n in enumerate(names)})

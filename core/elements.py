@@ -7,6 +7,7 @@ emotion model is a chunk of 64x64 crops (about 4 KB a face); with features.resne
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any, Optional
 
@@ -214,19 +215,49 @@ class VideoSequence:
     features: np.ndarray
     valid: np.ndarray
     source: str = ""
+    timestamps: Optional[np.ndarray] = None     # float64[n] seconds, when read from a frame table
+    span: tuple[int, Optional[float], Optional[float]] = (0, None, None)   # window index, start_s, end_s (None: open)
 
     @property
     def frames_valid(self) -> int:
         return int(np.count_nonzero(self.valid))
 
+    def window(self, start_s: Optional[float], end_s: Optional[float]) -> "VideoSequence":
+        """The frames with ``start_s <= timestamp < end_s`` (None: open end); needs timestamps."""
+        if start_s is None and end_s is None:
+            return self
+        if self.timestamps is None:
+            raise ValueError(f"video {self.video_id}: a time window needs the frames' timestamps")
+        keep = np.ones(len(self.timestamps), bool)
+        if start_s is not None:
+            keep &= self.timestamps >= start_s
+        if end_s is not None:
+            keep &= self.timestamps < end_s
+        return VideoSequence(self.video_id, self.features[keep], self.valid[keep], self.source, self.timestamps[keep],
+                             self.span)
+
+    def windows(self, seconds: Optional[float]) -> list["VideoSequence"]:
+        """The video cut into consecutive windows of ``seconds`` from 0 (None: the whole video), each
+        carrying its (index, start_s, end_s)."""
+        if seconds is None:
+            return [self]
+        last = float(self.timestamps.max()) if self.timestamps is not None and len(self.timestamps) else 0.0
+        count = int(last // seconds) + 1
+        return [dataclasses.replace(self.window(i * seconds, (i + 1) * seconds), span=(i, i * seconds,
+                                                                                     (i + 1) * seconds))
+                for i in range(count)]
+
 
 @dataclass(frozen=True)
 class VideoPrediction:
-    """A video classifier's verdict on one video: the class probabilities in the card's label
-    order (None when the video has no valid frame: status ``no_face``)."""
+    """A video classifier's verdict on one video (or window of it): the class probabilities in the
+    card's label order, or for a semantic model its point of the space and the vocabulary words
+    nearest to it; None when the video has no valid frame (status ``no_face``)."""
     video_id: str
     status: str                         # ok | no_face
-    probabilities: Optional[tuple[float, ...]]
+    probabilities: Optional[tuple[float, ...]]          # or a semantic model's unit vector
     frames_total: int
     frames_valid: int
     source: str = ""
+    span: tuple[int, Optional[float], Optional[float]] = (0, None, None)     # the window predicted
+    words: Optional[tuple[tuple[str, float], ...]] = None     # semantic: nearest words and their cosines

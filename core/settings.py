@@ -86,7 +86,7 @@ class FeaturesConfig(Section):
                                      "null (no baseline is invented).")
     feature_set: Literal[FEATURE_SETS] = Field(  # type: ignore[valid-type]
         "none", description="The training vector the run is configured for: none | appearance (au_* and geo_*) | "
-        "deep (embedding / resnet50) | both (concatenated).")
+        "deep (embedding / resnet50) | both (concatenated) | landmarks (the normalised mesh).")
     smoothing: SmoothingConfig = Field(default_factory=SmoothingConfig)
 
     @model_validator(mode="after")
@@ -96,6 +96,8 @@ class FeaturesConfig(Section):
                              "features)")
         if self.feature_set in ("deep", "both") and not (self.embedding or self.resnet50):
             raise ValueError(f"feature_set={self.feature_set} needs embedding or resnet50: true")
+        if self.feature_set == "landmarks" and not self.landmarks:
+            raise ValueError("feature_set=landmarks needs landmarks: true")
         if self.geometry_baseline and not self.geometry:
             raise ValueError("geometry_baseline needs geometry: true")
         return self
@@ -202,6 +204,11 @@ class ClassifierConfig(Section):
     model: Optional[str] = Field(None, description="Model folder written by `affectflow train` (model_card.json "
                                  "and model.keras; any Beam filesystem path); null = none. The run then writes "
                                  "predictions/ for its videos.")
+    window_seconds: Optional[float] = Field(None, gt=0, description="A semantic model predicts each window of this "
+                                            "many seconds (a row per window); null = one row for the whole video. "
+                                            "Classifiers always predict whole videos.")
+    top_words: int = Field(5, ge=1, le=50, description="A semantic model's prediction names this many vocabulary "
+                           "words nearest to its point.")
 
 
 class JobConfig(Section):

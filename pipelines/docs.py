@@ -17,7 +17,7 @@ from core.settings import DEFAULT_BROAD_MAP, JobConfig
 from models.registry import FER2013_LABELS
 from schemas.features import FEATURE_GROUPS, feature_columns
 from schemas.frames import frame_schema
-from schemas.predictions import prediction_schema
+from schemas.predictions import prediction_schema, semantic_prediction_schema
 from schemas.videos import dead_letter_schema, video_schema
 
 PAGES = {"columns.md": "columns_page", "configuration.md": "configuration_page"}
@@ -57,7 +57,12 @@ def columns_page() -> str:
         "`predictions/model=<name>/video_id=<id>/`; both partition columns live in the folder names. One "
         "`prob_*` column per class of the model, in its label order (here a binary model with classes negative, "
         "positive).", "",
-        _columns_table(prediction_schema(("negative", "positive"))), ""])
+        _columns_table(prediction_schema(("negative", "positive"))),
+        "", "## predictions of a semantic model", "",
+        "A model trained with `affectflow train --target semantic` writes a row per video, or per window of "
+        "`classifier.window_seconds`: its point of the semantic emotion space and the vocabulary words nearest to "
+        "it.", "",
+        _columns_table(semantic_prediction_schema()), ""])
 
 
 _TYPE_WORDS = {bool: "true / false", int: "integer", float: "number", str: "text", dict: "mapping"}

@@ -2,6 +2,7 @@
 StratifiedKFold): calibration and training assign folds the same way."""
 from __future__ import annotations
 
+import warnings
 from typing import Optional
 
 import numpy as np
@@ -40,8 +41,10 @@ def assign_folds(strata: np.ndarray, groups: Optional[np.ndarray], k: int, seed:
         splitter = StratifiedGroupKFold if stratified else GroupKFold
         splits = splitter(n_splits=k, shuffle=True, random_state=seed).split(strata, strata, ids)
     folds = np.empty(len(strata), np.int64)
-    for fold, (_, test) in enumerate(splits):
-        folds[test] = fold
+    with warnings.catch_warnings():     # "the least populated class has only 1 member": stratified as near as can be
+        warnings.filterwarnings("ignore", message="The least populated class", category=UserWarning)
+        for fold, (_, test) in enumerate(splits):
+            folds[test] = fold
     return folds
 
 
@@ -62,3 +65,21 @@ def inner_validation(strata: np.ndarray, groups: Optional[np.ndarray], share: fl
     if k < 2:
         raise ValueError(f"{units} video(s) in a training fold: nothing left to hold out for early stopping")
     return assign_folds(strata, groups, k, seed) == 0
+
+
+LEAVE_ONE_SUBJECT_OUT = "loso"
+
+
+def leave_one_subject_out(groups: np.ndarray) -> np.ndarray:
+    """int64[n]: one fold per subject (in order of first appearance). ValueError with fewer than two."""
+    order = {g: i for i, g in enumerate(dict.fromkeys(groups))}
+    if len(order) < 2:
+        raise ValueError(f"{len(order)} subject(s): leave-one-subject-out needs at least two")
+    return np.asarray([order[g] for g in groups], np.int64)
+
+
+def make_folds(strata: np.ndarray, groups: np.ndarray, folds: int | str, seed: int = 0) -> np.ndarray:
+    """`assign_folds` with ``folds`` folds, or one fold per subject for ``folds == "loso"``."""
+    if folds == LEAVE_ONE_SUBJECT_OUT:
+        return leave_one_subject_out(groups)
+    return assign_folds(strata, groups, int(folds), seed)

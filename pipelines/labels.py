@@ -50,7 +50,7 @@ def parse_label_map(items: Sequence[str]) -> dict[str, str]:
     return mapping
 
 
-def _ids_from_paths(paths: list[Optional[str]], manifest: str, output: Optional[str]) -> list[Optional[str]]:
+def ids_from_paths(paths: list[Optional[str]], manifest: str, output: Optional[str]) -> list[Optional[str]]:
     """Video ids for manifest paths: the run's own (its videos table's source_path), else the id
     ``affectflow run`` gives a manifest row without a video_id."""
     base = manifest_folder(manifest)
@@ -77,7 +77,7 @@ def read_labelled_manifest(path: str, label_map: Optional[dict] = None, output: 
     n = table.num_rows
     ids = table.column("video_id").to_pylist() if "video_id" in names else [None] * n
     if "path" in names and any(i is None for i in ids):
-        from_paths = _ids_from_paths(table.column("path").to_pylist(), path, output)
+        from_paths = ids_from_paths(table.column("path").to_pylist(), path, output)
         ids = [i if i is not None else p for i, p in zip(ids, from_paths)]
     raw = table.column("label").to_pylist()
     subjects = table.column("subject_id").to_pylist() if "subject_id" in names else [None] * n

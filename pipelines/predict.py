@@ -40,8 +40,9 @@ from pipelines.output.manifest import manifest_feature_groups, new_run_id, packa
 from pipelines.output.state import latest_manifest
 from schemas.columns import PARTITION_COLUMN
 from schemas.features import feature_set_columns
-from schemas.predictions import MODEL_PARTITION, prediction_file_schema
-from transforms.classify import ClassifyVideos, WritePredictions, failed_row, write_prediction_row
+from schemas.predictions import MODEL_PARTITION
+from transforms.classify import (ClassifyVideos, WritePredictions, failed_row, file_schema_of, split_into_windows,
+                                 write_prediction_rows)
 from transforms.parquet import json_metadata
 from transforms.sequences import ReadVideoSequences, column_sizes
 
@@ -127,7 +128,11 @@ def _run_beam(config: RunConfig, output: str, staging: str, model_dir: str, card
         p = beam.Pipeline(options=PipelineOptions(beam_args))
         videos = p | "Videos" >> beam.Create([(v.video_id, v.source) for v in todo])
         sequences = videos | "ReadVideoSequences" >> ReadVideoSequences(output, card.columns, card.column_sizes)
-        classified = sequences.values | "ClassifyVideos" >> ClassifyVideos(model_dir)
+        values = sequences.values
+        window = config.job.classifier.window_seconds
+        if card.semantic and window:
+            values = values | "SplitIntoWindows" >> beam.FlatMap(split_into_windows, window)
+        classified = values | "ClassifyVideos" >> ClassifyVideos(model_dir, config.job.classifier.top_words)
         failures = (sequences.dead_letters, classified.dead_letters) | "AllFailures" >> beam.Flatten()
         _ = (classified._replace(dead_letters=failures)
              | "WritePredictions" >> WritePredictions(staging, card, sha, run_id, metadata))
@@ -154,7 +159,7 @@ def predict_output(output: str, model_dir: str, config: RunConfig, *, force: boo
     videos = video_sources(output)
     extracted = [v for v in videos if v.status != "failed"]
     check_model_fits_run(card, output, manifest, [v.video_id for v in extracted][:20])
-    kept = {} if force else kept_predictions(output, card.name, sha)
+    kept = {} if force or _windows_changed(output, card, config) else kept_predictions(output, card.name, sha)
     todo = [v for v in extracted if kept.get(v.video_id) != v.source]
     failed = [v for v in videos if v.status == "failed"]
     run_id = new_run_id()
@@ -162,11 +167,11 @@ def predict_output(output: str, model_dir: str, config: RunConfig, *, force: boo
     metadata = {"affectflow.run_id": run_id, "affectflow.model": json_metadata({"name": card.name, "sha256": sha})}
     if todo:
         _run_beam(config, output, staging, model_dir, card, sha, run_id, todo, metadata)
-    schema = prediction_file_schema(card.labels)
+    schema = file_schema_of(card)
     for video in failed:
         failure = DeadLetter(video.video_id, "", "extract", "ExtractionFailed",
                              "the video's extraction failed: see its dead_letters rows")
-        write_prediction_row(staging, failed_row(failure, card, sha, run_id), schema, metadata)
+        write_prediction_rows(staging, [failed_row(failure, card, sha, run_id)], schema, metadata)
     table = predictions_table(card.name)
     present = {v.video_id for v in videos}
     stale = [v for v in _predicted_ids(output, table) if v not in present]     # videos pruned from the output
@@ -175,9 +180,14 @@ def predict_output(output: str, model_dir: str, config: RunConfig, *, force: boo
     counts = _status_counts(output, table)
     entry = {"run_id": run_id, "kind": "predict", "command": command, "model": card.name, "model_dir": model_dir,
              "model_sha256": sha, "model_kind": card.kind, "task": card.task, "feature_set": card.feature_set,
+             "window_seconds": config.job.classifier.window_seconds if card.semantic else None,
              "labels": list(card.labels), "videos": len(videos), "predicted": len(todo), "failed_extraction":
              len(failed), "kept": len(extracted) - len(todo), "removed": len(stale), "counts": counts,
              "packages": package_versions(), "seconds": round(time.time() - started, 3)}
+    if card.semantic and "://" not in output:
+        from models.video_classifier import semantic_vocabulary
+        from pipelines.semantic_report import write_similarity_report
+        entry["similarity_report"] = str(write_similarity_report(output, table, card.name, semantic_vocabulary(card)))
     _write_json(FileSystems.join(output, table, PREDICT_MANIFEST), entry)
     if config.job.validation.enabled:
         entry["validation"] = validate_predictions_after(output, card, sha, config)
@@ -193,6 +203,16 @@ def predict(output: str, model_dir: str, config: RunConfig, *, force: bool = Fal
     with OutputLock(output, run_id, " ".join(command or []), wait_s):
         recover_commits(output)
         return predict_output(output, model_dir, config, force=force, command=command)
+
+
+def _windows_changed(output: str, card: ModelCard, config: RunConfig) -> bool:
+    """Whether a semantic model's stored rows were cut into other windows than this predict's."""
+    path = FileSystems.join(output, predictions_table(card.name), PREDICT_MANIFEST)
+    if not card.semantic or not FileSystems.exists(path):
+        return False
+    with FileSystems.open(path) as fh:
+        before = json.loads(fh.read())
+    return before.get("window_seconds") != config.job.classifier.window_seconds
 
 
 def _predicted_ids(output: str, table: str) -> list[str]:

@@ -18,7 +18,8 @@ from schemas.external import appearance_columns, external_columns
 
 FEATURE_GROUPS = ("landmarks", "geometry", "blendshapes", "embedding", "resnet50", "openface", "pyfeat", "baseline",
                   "smoothing")
-FEATURE_SETS = ("none", "appearance", "deep", "both")
+FEATURE_SETS = ("none", "appearance", "deep", "both", "landmarks")
+TRAINING_FEATURE_SETS = FEATURE_SETS[1:]
 N_LANDMARK_VALUES = 468 * 3           # MediaPipe's face mesh
 N_LANDMARKER_VALUES = 478 * 3         # the face landmarker's mesh (with features.blendshapes): iris points added
 RESNET50_VALUES = 2048            # ResNet50's globally pooled features
@@ -203,12 +204,15 @@ def feature_set_columns(feature_set: str, groups: Sequence[str]) -> list[str]:
     if not appearance and ("openface" in groups or "pyfeat" in groups):
         appearance = appearance_columns(groups)
     deep = [name for group, name in (("embedding", EMBEDDING_COLUMN), ("resnet50", RESNET50_COLUMN)) if group in groups]
-    wanted = {"appearance": (appearance,), "deep": (deep,), "both": (appearance, deep)}.get(feature_set)
+    landmarks = ["landmarks_norm"] if "landmarks" in groups else []
+    wanted = {"appearance": (appearance,), "deep": (deep,), "both": (appearance, deep),
+              "landmarks": (landmarks,)}.get(feature_set)
     if wanted is None:
-        raise ValueError(f"feature set must be appearance, deep or both, got {feature_set!r}")
+        raise ValueError(f"feature set must be one of {', '.join(TRAINING_FEATURE_SETS)}, got {feature_set!r}")
     if not all(wanted):
         raise ValueError(f"feature set {feature_set!r} needs "
                          + {"appearance": "the blendshapes or geometry group (or an OpenFace / py-feat ingest)",
                             "deep": "the embedding or resnet50 group",
-                            "both": "appearance and deep groups"}[feature_set] + f"; the table has {list(groups)}")
+                            "both": "appearance and deep groups",
+                            "landmarks": "the landmarks group"}[feature_set] + f"; the table has {list(groups)}")
     return [name for part in wanted for name in part]

@@ -18,6 +18,7 @@ from schemas.columns import PARTITION_COLUMN, Column, schema_of
 MODEL_PARTITION = "model"
 PREDICTION_STATUSES = ("ok", "no_face", "failed")
 TASKS = ("multiclass", "binary")
+SEMANTIC_TASK = "semantic"              # a model that maps videos into the semantic emotion space
 
 
 def probability_column(label: str) -> str:
@@ -57,6 +58,39 @@ def prediction_columns(labels: Sequence[str]) -> list[Column]:
         Column("predicted_at", pa.timestamp("us", tz="UTC"), False, "When the row was written."),
     ]
     return cols
+
+
+def semantic_prediction_columns() -> list[Column]:
+    """The predictions table of a semantic model: a row per video, or per window of it."""
+    common = {c.name: c for c in prediction_columns(())}
+    cols = [common[n] for n in (PARTITION_COLUMN, MODEL_PARTITION, "model_sha256", "model_kind", "task",
+                                "feature_set")]
+    cols += [
+        Column("window_index", pa.int32(), False, "0.. the window of the video (classifier.window_seconds); 0 for "
+                                                  "the whole video."),
+        Column("start_s", pa.float64(), True, "Window start, seconds (null: the whole video)."),
+        Column("end_s", pa.float64(), True, "Window end, seconds, exclusive (null: the whole video)."),
+        common["status"],
+        Column("nearest_word", pa.string(), True, "The vocabulary word nearest to the predicted point (null unless "
+                                                  "status is ok)."),
+        Column("nearest_cosine", pa.float32(), True, "Its cosine to the predicted point, in [-1, 1]."),
+        Column("top_words", pa.list_(pa.string()), True, "The classifier.top_words vocabulary words nearest to the "
+                                                        "predicted point, nearest first."),
+        Column("top_cosines", pa.list_(pa.float32()), True, "Their cosines, in the same order."),
+        Column("embedding", pa.list_(pa.float32()), True, "The predicted point: a unit vector of the sentence "
+                                                         "encoder's space (512 values)."),
+    ]
+    cols += [common[n] for n in ("frames_total", "frames_valid", "error", "source", "run_id", "predicted_at")]
+    return cols
+
+
+def semantic_prediction_schema() -> pa.Schema:
+    return schema_of(semantic_prediction_columns(), "predictions")
+
+
+def semantic_prediction_file_schema() -> pa.Schema:
+    return pa.schema([f for f in semantic_prediction_schema() if f.name not in (PARTITION_COLUMN, MODEL_PARTITION)],
+                     metadata={"affectflow.table": "predictions"})
 
 
 def prediction_schema(labels: Sequence[str]) -> pa.Schema:

@@ -199,3 +199,46 @@ def test_predict_refuses_a_model_trained_on_other_features(labelled_run, tmp_pat
     assert main(["predict", "--output", str(out), "--model", str(tmp_path / "geo")]) == 2
     assert "was trained on the appearance features ['geo_au01_inner_brow_raise']" in capsys.readouterr().err
     assert not (out / "predictions" / "model=rnn-conv.appearance.binary").exists()
+
+
+SAD_TEXTS = ["She looks sad and downcast.", "Sie wirkt traurig und niedergeschlagen.", "A sorrowful face."]
+HAPPY_TEXTS = ["She is laughing with joy.", "Sie lacht fröhlich.", "A happy, cheerful smile."]
+
+
+def test_semantic_target_train_and_predict_per_window(labelled_run, tmp_path, capsys):
+    out, rows = labelled_run
+    annotations = [{"video_id": r["video_id"], "subject_id": r["subject_id"],
+                    "annotation": (SAD_TEXTS if r["label"] == "sad" else HAPPY_TEXTS)[i % 3]}
+                   for i, r in enumerate(rows[:-1])]
+    annotations.append({"video_id": "happy3", "subject_id": "s0", "annotation": "Sie kichert."})
+    manifest = write_manifest(tmp_path / "annotations.csv", annotations)
+    dest = tmp_path / "semantic"
+    assert main(["train", "--target", "semantic", "--output", str(out), "--manifest", str(manifest), "--dest",
+                 str(dest), "--folds", "loso", "--model", "semantic-dense", *_sets(FAST_TRAIN)]) == 0
+    report = json.loads((dest / "cv.json").read_text())
+    assert [r["method"] for r in report["results"]] == ["mean-annotation", "semantic-dense"]
+    assert report["items"] == {"manifest_rows": 16, "annotated": 16, "distinct_annotations": 7, "videos": 15}
+    assert all(r["items"] == 16 and set(r["mean"]) == {"cosine", "z", "top1", "top3", "top5"}
+               and len(r["folds"]["cosine"]) == 3 for r in report["results"])          # one fold per subject
+    folder = dest / "semantic-dense.appearance.semantic"
+    card = json.loads((folder / "model_card.json").read_text())
+    assert card["task"] == "semantic" and card["target"]["encoder"] == "use_multilingual"
+    assert "Traurigkeit" in card["labels"] and len(card["target"]["vocabulary_sha256"]) == 64
+    assert pq.read_table(dest / "oof_predictions.parquet").num_rows == 32
+
+    capsys.readouterr()
+    sets = _sets(["classifier.window_seconds=0.5", "classifier.top_words=3"])
+    assert main(["predict", "--output", str(out), "--model", str(folder), *sets]) == 0
+    table = pq.read_table(out / "predictions" / f"model={folder.name}").to_pandas()
+    ok = table[table.status == "ok"]
+    assert len(ok) == 30 and set(ok.window_index) == {0, 1}                # 15 one-second cuts x 2 windows
+    assert (table[table.video_id == "cartoon"].status == "no_face").all()
+    assert all(len(w) == 3 and w[0] == n for w, n in zip(ok.top_words, ok.nearest_word))
+    np.testing.assert_allclose([np.linalg.norm(e) for e in ok.embedding], 1.0, atol=1e-5)
+    page = (out / "reports" / "semantic" / f"{folder.name}.html").read_text()
+    assert page.count("<img") == 15 and "http" not in page
+    assert main(["validate", str(out)]) == 0
+    assert main(["predict", "--output", str(out), "--model", str(folder), *sets]) == 0
+    assert "predicted 0 video(s)" in capsys.readouterr().out
+    assert main(["predict", "--output", str(out), "--model", str(folder)]) == 0    # whole videos now: all again
+    assert "predicted 16 video(s)" in capsys.readouterr().out

@@ -22,7 +22,7 @@ from core.elements import DeadLetter, VideoSequence
 from schemas.columns import PARTITION_COLUMN
 from transforms.dead_letters import DEAD_LETTERS, ParDoWithDeadLetters
 
-_KEYS = ("frame_index", "face_index", "face_found")
+_KEYS = ("frame_index", "timestamp_s", "face_index", "face_found")
 
 
 def frame_files(output: str, video_id: str) -> list[str]:
@@ -66,14 +66,15 @@ def read_video_sequence(output: str, video_id: str, columns: Sequence[str], size
     tables = [_read(path, columns) for path in frame_files(output, video_id)]
     width = int(sum(sizes))
     if not tables:
-        return VideoSequence(video_id, np.zeros((0, width), np.float32), np.zeros(0, bool), source)
+        return VideoSequence(video_id, np.zeros((0, width), np.float32), np.zeros(0, bool), source, np.zeros(0))
     table = pa.concat_tables(tables)
     primary = pc.or_(pc.invert(table.column("face_found")), pc.equal(table.column("face_index"), 0))
     table = table.filter(pc.fill_null(primary, True)).sort_by([("frame_index", "ascending")])
     features = (np.hstack([column_values(table.column(c), n) for c, n in zip(columns, sizes)]) if columns
                 else np.zeros((table.num_rows, 0), np.float32))
     found = np.asarray(table.column("face_found").to_numpy(zero_copy_only=False), bool)
-    return VideoSequence(video_id, features, found & np.isfinite(features).all(axis=1), source)
+    timestamps = np.asarray(table.column("timestamp_s").to_numpy(zero_copy_only=False), np.float64)
+    return VideoSequence(video_id, features, found & np.isfinite(features).all(axis=1), source, timestamps)
 
 
 def column_sizes(output: str, video_ids: Sequence[str], columns: Sequence[str]) -> tuple[int, ...]:

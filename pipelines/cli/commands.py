@@ -84,26 +84,35 @@ def ingest(args: argparse.Namespace) -> int:
 
 
 def train(args: argparse.Namespace) -> int:
-    from models.sequence_data import PAPER_KINDS, SEQUENCE_KINDS
+    from models.sequence_data import PAPER_KINDS, SEMANTIC_KINDS, SEQUENCE_KINDS
     from pipelines.labels import parse_label_map
     from pipelines.training.data import parse_binary_map
     from pipelines.training.job import TrainRequest, train as train_models
+    from schemas.features import TRAINING_FEATURE_SETS
     from schemas.predictions import TASKS
     config = _config(args)
+    semantic = args.target == "semantic"
+    kinds, default_kinds = (SEMANTIC_KINDS, SEMANTIC_KINDS) if semantic else (SEQUENCE_KINDS, PAPER_KINDS)
     request = TrainRequest(
         output=args.output.rstrip("/"), manifest=args.manifest, dest=args.dest,
-        models=TrainRequest.expand(args.model or ["all"], SEQUENCE_KINDS, "--model", PAPER_KINDS),
-        feature_sets=TrainRequest.expand(args.features or ["appearance"], ("appearance", "deep", "both"),
-                                         "--features", ("appearance", "deep", "both")),
+        models=TrainRequest.expand(args.model or ["all"], kinds, "--model", default_kinds),
+        feature_sets=TrainRequest.expand(args.features or ["appearance"], TRAINING_FEATURE_SETS, "--features",
+                                         ("appearance", "deep", "both")),
         tasks=TrainRequest.expand(args.task or ["multiclass"], TASKS, "--task", TASKS), folds=args.folds,
         label_map=parse_label_map(args.label_map), binary_map=parse_binary_map(args.binary_map),
         allow_no_subjects=args.allow_no_subjects, overwrite=args.overwrite)
-    report = train_models(request, config.job.train, sys.argv)
+    if semantic:
+        from pipelines.training.semantic_job import train_semantic, vocabulary_words
+        report = train_semantic(request, config.job.train, vocabulary_words(args.vocabulary), sys.argv)
+    else:
+        report = train_models(request, config.job.train, sys.argv)
     print(f"trained {len(report['models'])} model(s) in {report['seconds']:.0f} s; cross-validated "
           f"({report['folds']} folds, grouped by {report['grouped_by']}):")
     for result in report["results"]:
-        print(f"  {result['name']:45s} UAR {result['mean']['uar']:.3f} ± {result['sd']['uar']:.3f}   accuracy "
-              f"{result['mean']['accuracy']:.3f} ± {result['sd']['accuracy']:.3f}")
+        shown = ("cosine", "z", "top1") if semantic else ("uar", "accuracy")
+        print(f"  {result['name']:45s} " + "   ".join(
+            f"{m} " + ("n/a" if result["mean"][m] is None else f"{result['mean'][m]:.3f} ± {result['sd'][m]:.3f}")
+            for m in shown))
     for key, path in report["files"].items():
         print(f"  {key:8s}{path}")
     return EXIT_OK

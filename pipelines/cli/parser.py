@@ -5,7 +5,7 @@ import argparse
 import importlib.metadata
 
 from pipelines.calibration.constants import DEFAULT_FOLDS, DEFAULT_THRESHOLDS, ENGINES, SETTINGS
-from models.sequence_data import SEQUENCE_KINDS
+from models.sequence_data import SEMANTIC_KINDS, SEQUENCE_KINDS
 from pipelines.metrics import METRICS
 from schemas.external import EXTERNAL_GROUPS as SOURCES
 
@@ -179,6 +179,16 @@ def _calibrate_arguments(parser: argparse.ArgumentParser) -> None:
                              "filesystem), or auto (duckdb for local folders; default)")
 
 
+def _folds(text: str) -> int | str:
+    """``--folds``: a number of folds, or ``loso``."""
+    if text.strip().lower() == "loso":
+        return "loso"
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a number of folds or loso, got {text!r}") from None
+
+
 def _train_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of `affectflow train`."""
     parser.add_argument("--output", required=True, metavar="RUN_DIR",
@@ -186,15 +196,19 @@ def _train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--manifest", required=True, metavar="PATH",
                         help="labelled manifest .csv/.parquet: label, video_id or path, subject_id")
     parser.add_argument("--dest", required=True, metavar="MODEL_DIR", help="local folder for the models and reports")
+    parser.add_argument("--target", choices=("classes", "semantic"), default="classes",
+                        help="classes: the manifest's labels (default); semantic: its free-text annotation column, "
+                             "as points of a multilingual sentence-embedding space")
     parser.add_argument("--model", action="append", default=[], metavar="NAME_OR_ALL",
-                        help=f"{', '.join(SEQUENCE_KINDS)} or all (the paper's three; default); comma-separated or "
-                             "repeated")
+                        help=f"classes: {', '.join(SEQUENCE_KINDS)} or all (the paper's three; default); semantic: "
+                             f"{', '.join(SEMANTIC_KINDS)} or all (default); comma-separated or repeated")
     parser.add_argument("--features", action="append", default=[], metavar="SET",
-                        help="appearance (AU-like columns), deep (embeddings), both (concatenated) or all; "
-                             "default appearance")
+                        help="appearance (AU-like columns), deep (embeddings), both (concatenated), landmarks "
+                             "(the normalised mesh) or all (the first three); default appearance")
     parser.add_argument("--task", action="append", default=[], metavar="TASK",
                         help="multiclass, binary or all; default multiclass")
-    parser.add_argument("--folds", type=int, default=5, help="cross-validation folds, grouped by subject (default 5)")
+    parser.add_argument("--folds", type=_folds, default=5,
+                        help="cross-validation folds, grouped by subject (default 5), or loso: leave one subject out")
     parser.add_argument("--label-map", action="append", default=[], metavar="YAML_OR_KEY=VALUE",
                         help="map manifest labels before training (a YAML mapping or key=value pairs)")
     parser.add_argument("--binary-map", action="append", default=[], metavar="YAML_OR_KEY=VALUE",
@@ -203,6 +217,9 @@ def _train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--allow-no-subjects", action="store_true",
                         help="train on a manifest without subject_id, each video its own group (scores are then "
                              "optimistic when a person has several videos)")
+    parser.add_argument("--vocabulary", metavar="YAML",
+                        help="semantic: the emotion words that name points of the space, a YAML list or language -> "
+                             "list (default: the built-in English and German lists)")
     parser.add_argument("--overwrite", action="store_true", help="replace what an earlier train wrote into DEST")
 
 

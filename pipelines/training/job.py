@@ -17,6 +17,7 @@ predictions ``oof_predictions.parquet`` and ``report.html``.
 """
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import os
@@ -25,7 +26,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import Callable, Iterator, Optional, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -35,7 +36,7 @@ from core.errors import UsageError
 from core.settings import TrainConfig
 from models.sequence_data import PAPER_KINDS
 from models.video_classifier import CARD_FILE, ModelCard
-from pipelines.folds import assign_folds
+from pipelines.folds import LEAVE_ONE_SUBJECT_OUT, make_folds
 from pipelines.labels import read_labelled_manifest
 from pipelines.output.layout import dataset, has_table
 from pipelines.output.manifest import manifest_feature_groups, package_versions
@@ -60,7 +61,7 @@ class TrainRequest:
     models: tuple[str, ...] = PAPER_KINDS
     feature_sets: tuple[str, ...] = ("appearance",)
     tasks: tuple[str, ...] = ("multiclass",)
-    folds: int = 5
+    folds: int | str = 5                        # or "loso": one fold per subject
     label_map: dict = field(default_factory=dict)
     binary_map: dict = field(default_factory=dict)
     allow_no_subjects: bool = False
@@ -91,8 +92,8 @@ def check_request(request: TrainRequest) -> None:
         raise UsageError(f"--dest {dest} is not empty" + (" and was not written by affectflow train" if
                                                           request.overwrite else "; add --overwrite to replace the "
                                                           "models a previous train wrote there"))
-    if request.folds < 2:
-        raise UsageError(f"--folds must be at least 2, got {request.folds}")
+    if request.folds != LEAVE_ONE_SUBJECT_OUT and (not isinstance(request.folds, int) or request.folds < 2):
+        raise UsageError(f"--folds must be at least 2 or loso, got {request.folds}")
     groups = manifest_feature_groups(latest_manifest(request.output))
     for feature_set in request.feature_sets:
         try:
@@ -145,10 +146,7 @@ def train(request: TrainRequest, settings: TrainConfig, command: Optional[list[s
     groups = subject_groups(run)
     tasks = [make_task(name, run.labels, request.binary_map) for name in request.tasks]
     manifest = latest_manifest(request.output)
-    dest = Path(request.dest)
-    partial = dest.with_name(f"{dest.name}.partial-{uuid.uuid4().hex[:6]}")
-    partial.mkdir(parents=True)
-    try:
+    with staged_dest(Path(request.dest)) as partial:
         evaluations, cards = [], []
         for feature_set in request.feature_sets:
             data = _feature_set_data(request, manifest, feature_set, run, settings, partial / "_sequences", say)
@@ -159,16 +157,30 @@ def train(request: TrainRequest, settings: TrainConfig, command: Optional[list[s
             shutil.rmtree(data.store.folder, ignore_errors=True)
         evaluations += _run_label_rows(request, run, groups, tasks, settings, manifest, say)
         report = _cv_report(request, settings, run, tasks, evaluations, cards, started, command)
-        (partial / FILES["cv"]).write_text(json.dumps(report, indent=1, allow_nan=False))
-        pq.write_table(_oof_table(evaluations, run), partial / FILES["oof"], compression="zstd")
-        (partial / FILES["report"]).write_text(render_report(report))
-        shutil.rmtree(partial / "_sequences", ignore_errors=True)
-        _replace(partial, dest)
+        return publish(partial, Path(request.dest), report, _oof_table(evaluations, run), render_report(report))
+
+
+@contextlib.contextmanager
+def staged_dest(dest: Path) -> Iterator[Path]:
+    """A fresh ``DEST.partial-<id>`` folder to write into; removed when the work fails."""
+    partial = dest.with_name(f"{dest.name}.partial-{uuid.uuid4().hex[:6]}")
+    partial.mkdir(parents=True)
+    try:
+        yield partial
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
         raise
-    report["files"] = {k: str(dest / v) for k, v in FILES.items()}
-    return report
+
+
+def publish(partial: Path, dest: Path, report: dict, oof: pa.Table, html: str) -> dict:
+    """Write cv.json, the out-of-fold table and the report into ``partial``, then move it to ``dest``;
+    return the report with the files' paths."""
+    (partial / FILES["cv"]).write_text(json.dumps(report, indent=1, allow_nan=False))
+    pq.write_table(oof, partial / FILES["oof"], compression="zstd")
+    (partial / FILES["report"]).write_text(html)
+    shutil.rmtree(partial / "_sequences", ignore_errors=True)
+    replace_folder(partial, dest)
+    return {**report, "files": {k: str(dest / v) for k, v in FILES.items()}}
 
 
 def _feature_set_data(request: TrainRequest, manifest: dict, feature_set: str, run: LabelledRun,
@@ -191,7 +203,7 @@ def _feature_set_data(request: TrainRequest, manifest: dict, feature_set: str, r
 
 def _folds(task: Task, keep: np.ndarray, groups: np.ndarray, request: TrainRequest, seed: int) -> np.ndarray:
     try:
-        return assign_folds(task.codes[keep], groups[keep], request.folds, seed)
+        return make_folds(task.codes[keep], groups[keep], request.folds, seed)
     except ValueError as exc:
         raise UsageError(f"{task.name}: {exc}") from None
 
@@ -311,7 +323,7 @@ def _oof_table(evaluations: Sequence[Evaluation], run: LabelledRun) -> pa.Table:
     return pa.Table.from_pylist(rows, schema=schema)
 
 
-def _replace(partial: Path, dest: Path) -> None:
+def replace_folder(partial: Path, dest: Path) -> None:
     """Move the finished folder into place (an old one, kept until then, is removed after)."""
     old = None
     if dest.exists():

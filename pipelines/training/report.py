@@ -118,3 +118,49 @@ def render_report(report: dict) -> str:
         "<h2>Settings</h2><pre>" + escape(json.dumps(report["settings"], indent=1)) + "</pre>",
         "</body></html>"]
     return "".join(parts)
+
+
+SEMANTIC_CAVEAT = ("Every figure is out of fold (folds grouped by subject). z: how far the own annotation stands "
+                   "out among all distinct annotations, in SDs of the prediction's cosines to them (0 = chance). "
+                   "top-k: the vocabulary word nearest to the annotation is among the k words nearest to the "
+                   "prediction. mean-annotation predicts the training folds' mean annotation for every item: what "
+                   "a model scores by knowing only which emotions are common.")
+
+
+def _mean_sd(result: dict, metric: str) -> str:
+    mean, sd = result["mean"].get(metric), result["sd"].get(metric)
+    if mean is None:
+        return "n/a"
+    return f"{mean:.3f} ± {sd:.3f}" if sd is not None else f"{mean:.3f}"
+
+
+def semantic_table(report: dict) -> str:
+    """Rows: method x feature set; columns: cosine, z, top-k accuracy (mean ± SD over folds)."""
+    metrics = ["cosine", "z", *(f"top{k}" for k in report["top_k"])]
+    rows = [[r["method"], r["feature_set"], *(_mean_sd(r, m) for m in metrics)] for r in report["results"]]
+    return table(["Method", "Features", "cosine", "z", *(f"top-{k}" for k in report["top_k"])], rows,
+                 'class="paper-table"')
+
+
+def render_semantic_report(report: dict) -> str:
+    """The semantic target's report page."""
+    curves = learning_curves(report)
+    items = report["items"]
+    parts = [
+        "<!doctype html><html><head><meta charset='utf-8'><title>affectflow semantic training report</title>",
+        f"<style>{STYLE}</style></head><body><h1>Semantic emotion space</h1>",
+        f"<p>Run <code>{escape(report['output'])}</code>, annotations <code>{escape(report['manifest'])}</code> "
+        f"(SHA-256 {escape(report['manifest_sha256'][:12])}...): {items['annotated']} items of {items['videos']} "
+        f"videos, {items['distinct_annotations']} distinct texts; {report['folds']} folds grouped by "
+        f"{escape(report['grouped_by'])}; {report['seconds']:.0f} s.</p>",
+        f"<p class='caveat'>{escape(SEMANTIC_CAVEAT)}</p>",
+        "<h2>Results</h2>", semantic_table(report),
+        ("<h2>Learning curves</h2><figure><img alt='learning curves' src='data:image/png;base64,"
+         f"{curves}'><figcaption>Cosine loss (minus the cosine) on the held-out subjects (solid) and the training "
+         "items (dotted) per epoch, every fold.</figcaption></figure>") if curves else "",
+        "<h2>Vocabulary</h2><p>" + escape(", ".join(report["vocabulary"])) + "</p>",
+        "<h2>Models written</h2>", table(["Model", "model.keras SHA-256"],
+                                         [[m["name"], m["model_sha256"][:16]] for m in report["models"]]),
+        "<h2>Settings</h2><pre>" + escape(json.dumps(report["settings"], indent=1)) + "</pre>",
+        "</body></html>"]
+    return "".join(parts)

@@ -34,7 +34,8 @@ from pipelines.validation.report import ValidationReport
 from pipelines.validation.rules import WARNING, between, columns_match, ident, in_set, lit, meta, rows_rule, Suite
 from pipelines.validation.stored import PARQUET_COLUMNS, parquet_column_expectations, stored_column_rows
 from schemas.columns import PARTITION_COLUMN
-from schemas.predictions import MODEL_PARTITION, PREDICTION_STATUSES, prediction_schema, probability_column
+from schemas.predictions import (MODEL_PARTITION, PREDICTION_STATUSES, SEMANTIC_TASK, prediction_schema,
+                                 probability_column, semantic_prediction_schema)
 
 PREDICTIONS = "predictions"
 
@@ -43,17 +44,23 @@ PREDICTIONS = "predictions"
 class PredictedModel:
     """What the predictions suite needs to know of a model: its name, label order and weights' SHA-256."""
     name: str
-    labels: tuple[str, ...]
+    labels: tuple[str, ...]             # a semantic model's: its vocabulary
     model_sha256: str
+    semantic: bool = False
 
     @classmethod
     def of(cls, card: ModelCard, model_sha256: str) -> "PredictedModel":
-        return cls(card.name, card.labels, model_sha256)
+        return cls(card.name, card.labels, model_sha256, card.semantic)
 
     @classmethod
     def from_manifest(cls, manifest: dict) -> "PredictedModel":
         """From a model's ``_predict_manifest.json`` (pipelines.predict)."""
-        return cls(manifest["model"], tuple(manifest["labels"]), manifest["model_sha256"])
+        return cls(manifest["model"], tuple(manifest["labels"]), manifest["model_sha256"],
+                   manifest.get("task") == SEMANTIC_TASK)
+
+    @property
+    def schema(self) -> pa.Schema:
+        return semantic_prediction_schema() if self.semantic else prediction_schema(self.labels)
 
     @property
     def probability_columns(self) -> list[str]:
@@ -66,7 +73,7 @@ def build_prediction_catalog(output: Path, path: Path, model: PredictedModel) ->
     import duckdb
     folder = output / PREDICTIONS / f"{MODEL_PARTITION}={model.name}"
     files = table_files(folder.parent, folder.name)
-    stored_schema = pa.schema([f for f in prediction_schema(model.labels) if f.name != MODEL_PARTITION])
+    stored_schema = pa.schema([f for f in model.schema if f.name != MODEL_PARTITION])
     rows = []
     con = duckdb.connect(str(path))
     try:
@@ -78,7 +85,7 @@ def build_prediction_catalog(output: Path, path: Path, model: PredictedModel) ->
                         f"hive_types = {{'{PARTITION_COLUMN}': VARCHAR, '{MODEL_PARTITION}': VARCHAR}}, "
                         "union_by_name = true)")
         else:
-            create_empty_table(con, PREDICTIONS, prediction_schema(model.labels))
+            create_empty_table(con, PREDICTIONS, model.schema)
         videos = table_files(output, "videos")
         if videos:
             con.execute("CREATE VIEW videos AS SELECT video_id, status, coalesce(content_sha256, '-') || ':' || "
@@ -92,8 +99,56 @@ def build_prediction_catalog(output: Path, path: Path, model: PredictedModel) ->
         con.close()
 
 
+def _reconciliation(t: str) -> list:
+    """Every video of the output has a row; no row without a video; rows from the current frames."""
+    return [
+        rows_rule(t, PARTITION_COLUMN, "every video of the output has a prediction",
+                  f"SELECT v.* FROM videos v LEFT JOIN (SELECT DISTINCT {PARTITION_COLUMN} FROM {{batch}}) p "
+                  f"USING ({PARTITION_COLUMN}) WHERE p.{PARTITION_COLUMN} IS NULL"),
+        rows_rule(t, PARTITION_COLUMN, "every prediction is of a video of the output",
+                  f"SELECT p.* FROM {{batch}} p LEFT JOIN videos v USING ({PARTITION_COLUMN}) "
+                  f"WHERE v.{PARTITION_COLUMN} IS NULL"),
+        rows_rule(t, "source", "made from the video's current frame rows (else predict again)",
+                  f"SELECT p.* FROM {{batch}} p JOIN videos v USING ({PARTITION_COLUMN}) "
+                  "WHERE p.status <> 'failed' AND p.source <> v.source", severity=WARNING),
+        rows_rule(t, "error", "an error exactly when status is failed",
+                  "SELECT * FROM {batch} WHERE (status = 'failed') <> (error IS NOT NULL)"),
+        rows_rule(t, "frames_valid", "0 <= frames_valid <= frames_total; no_face exactly when no frame is valid",
+                  "SELECT * FROM {batch} WHERE frames_valid < 0 OR frames_valid > frames_total OR "
+                  "(status = 'no_face') <> (status <> 'failed' AND frames_valid = 0)"),
+    ]
+
+
+def semantic_expectations(model: PredictedModel, tolerance: float) -> list:
+    """A semantic model's rows: windows, the vocabulary, unit-length points, words nearest first."""
+    t = PREDICTIONS
+    return [
+        columns_match(t, model.schema, exact=True),
+        rows_rule(t, "window_index", "one row per video and window",
+                  f"SELECT {PARTITION_COLUMN}, window_index, count(*) AS rows FROM {{batch}} "
+                  f"GROUP BY {PARTITION_COLUMN}, window_index HAVING count(*) > 1"),
+        in_set(t, "status", PREDICTION_STATUSES, "statuses"),
+        in_set(t, MODEL_PARTITION, (model.name,), "the model's name"),
+        in_set(t, "model_sha256", (model.model_sha256,), "the model file's SHA-256"),
+        in_set(t, "nearest_word", model.labels, "the model's vocabulary"),
+        between(t, "nearest_cosine", -1 - tolerance, 1 + tolerance),
+        rows_rule(t, "embedding", "status ok: a unit-length point, its nearest words in order, the first the "
+                                  "nearest word",
+                  f"SELECT * FROM {{batch}} WHERE status = 'ok' AND (embedding IS NULL OR "
+                  f"abs(list_dot_product(embedding, embedding) - 1) > {max(tolerance, 1e-4)} OR top_words IS NULL "
+                  "OR top_words[1] <> nearest_word OR top_cosines[1] <> nearest_cosine OR "
+                  "len(top_words) <> len(top_cosines) OR list_sort(top_cosines, 'DESC') <> top_cosines)"),
+        rows_rule(t, "embedding", "status not ok: no point, no words",
+                  "SELECT * FROM {batch} WHERE status <> 'ok' AND (embedding IS NOT NULL OR nearest_word IS NOT NULL "
+                  "OR top_words IS NOT NULL)"),
+        *_reconciliation(t),
+    ]
+
+
 def prediction_expectations(model: PredictedModel, tolerance: float) -> list:
     """The rules of the predictions suite (see the module docstring)."""
+    if model.semantic:
+        return semantic_expectations(model, tolerance)
     t = PREDICTIONS
     probs = model.probability_columns
     total = " + ".join(f"coalesce({ident(c)}, 0)" for c in probs)
@@ -118,20 +173,7 @@ def prediction_expectations(model: PredictedModel, tolerance: float) -> list:
         rows_rule(t, "predicted_label", "status not ok: no label, no probability",
                   f"SELECT * FROM {{batch}} WHERE status <> 'ok' AND (predicted_label IS NOT NULL "
                   f"OR confidence IS NOT NULL OR {any_prob})"),
-        rows_rule(t, "error", "an error exactly when status is failed",
-                  "SELECT * FROM {batch} WHERE (status = 'failed') <> (error IS NOT NULL)"),
-        rows_rule(t, "frames_valid", "0 <= frames_valid <= frames_total; no_face exactly when no frame is valid",
-                  "SELECT * FROM {batch} WHERE frames_valid < 0 OR frames_valid > frames_total OR "
-                  "(status = 'no_face') <> (status <> 'failed' AND frames_valid = 0)"),
-        rows_rule(t, PARTITION_COLUMN, "every video of the output has a prediction",
-                  f"SELECT v.* FROM videos v LEFT JOIN {{batch}} p USING ({PARTITION_COLUMN}) "
-                  f"WHERE p.{PARTITION_COLUMN} IS NULL"),
-        rows_rule(t, PARTITION_COLUMN, "every prediction is of a video of the output",
-                  f"SELECT p.* FROM {{batch}} p LEFT JOIN videos v USING ({PARTITION_COLUMN}) "
-                  f"WHERE v.{PARTITION_COLUMN} IS NULL"),
-        rows_rule(t, "source", "made from the video's current frame rows (else predict again)",
-                  f"SELECT p.* FROM {{batch}} p JOIN videos v USING ({PARTITION_COLUMN}) "
-                  "WHERE p.status <> 'failed' AND p.source <> v.source", severity=WARNING),
+        *_reconciliation(t),
     ]
     return rules
 
