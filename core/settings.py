@@ -197,6 +197,34 @@ class TrainConfig(Section):
                       "the same data and seed give the same models on the same machine.")
     min_face_frames: int = Field(1, ge=1, description="A labelled video with fewer frames whose face and "
                                  "features are present is left out of training (and reported).")
+    frames_per_video: int = Field(60, ge=1, description="landmark_ensemble: frames of each video it learns from, "
+                                  "evenly spaced over the video (bounds memory; every frame is still predicted).")
+    frame_smoothing: Literal["none", "window", "ema"] = Field(
+        "ema", description="landmark_ensemble: how its per-frame probabilities are smoothed over adjacent frames "
+        "before the video's label is taken (their mean's argmax).")
+    smoothing_alpha: float = Field(0.3, gt=0, le=1, description="Weight of the newest frame, frame_smoothing ema.")
+    smoothing_window: int = Field(5, ge=1, description="Frames in the centred window, frame_smoothing window (odd).")
+
+    @field_validator("smoothing_window")
+    @classmethod
+    def _odd_window(cls, value: int) -> int:
+        if value % 2 == 0:
+            raise ValueError("must be odd (a centred window)")
+        return value
+
+
+class SpaceConfig(Section):
+    """`affectflow space fit`: the supervised UMAP space of a landmark ensemble's learned features."""
+    dimensions: Literal[2, 3] = Field(2, description="Dimensions of the space.")
+    neighbours: int = Field(15, ge=2, description="UMAP's n_neighbors: the size of the neighbourhoods it keeps.")
+    min_dist: float = Field(0.1, ge=0, le=1, description="UMAP's min_dist: how tightly points may pack.")
+    label_weight: float = Field(0.5, ge=0, le=1, description="UMAP's target_weight: 0 = the features alone, "
+                                "1 = the labels dominate the layout.")
+    min_cluster_size: int = Field(20, ge=2, description="HDBSCAN's min_cluster_size: the smallest group of frames "
+                                  "called a cluster.")
+    max_frames: int = Field(20000, ge=100, description="Frames the space is fitted on at most (a class-balanced, "
+                            "seeded sample); every frame is projected.")
+    seed: int = Field(0, ge=0, description="UMAP's random_state: the same frames and seed give the same space.")
 
 
 class ClassifierConfig(Section):
@@ -228,3 +256,4 @@ class JobConfig(Section):
     validation: ValidationConfig = Field(default_factory=ValidationConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     classifier: ClassifierConfig = Field(default_factory=ClassifierConfig)
+    space: SpaceConfig = Field(default_factory=SpaceConfig)

@@ -17,7 +17,7 @@ from core.settings import DEFAULT_BROAD_MAP, JobConfig
 from models.registry import FER2013_LABELS
 from schemas.features import FEATURE_GROUPS, feature_columns
 from schemas.frames import frame_schema
-from schemas.predictions import prediction_schema, semantic_prediction_schema
+from schemas.predictions import prediction_schema, semantic_prediction_schema, space_prediction_schema
 from schemas.videos import dead_letter_schema, video_schema
 
 PAGES = {"columns.md": "columns_page", "configuration.md": "configuration_page"}
@@ -62,7 +62,12 @@ def columns_page() -> str:
         "A model trained with `affectflow train --target semantic` writes a row per video, or per window of "
         "`classifier.window_seconds`: its point of the semantic emotion space and the vocabulary words nearest to "
         "it.", "",
-        _columns_table(semantic_prediction_schema()), ""])
+        _columns_table(semantic_prediction_schema()), "",
+        "## predictions of an emotion space", "",
+        "`affectflow space project` writes, per video, a row for the video (`level` video) and a row per frame with "
+        "a face and every feature (`level` frame): the point in the space, its cluster and the landmark ensemble's "
+        "label. `model` is the space's name.", "",
+        _columns_table(space_prediction_schema()), ""])
 
 
 _TYPE_WORDS = {bool: "true / false", int: "integer", float: "number", str: "text", dict: "mapping"}

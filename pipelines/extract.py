@@ -98,7 +98,7 @@ EXTRACTION_VERSION = 2
 # aggregate.* settings only decide video labels, which a rerun recomputes from the counts without
 # decoding (pipelines.runs); segment_seconds stays in: it shows in segment_index and segments.
 _NOT_FINGERPRINTED = {("input",), ("output",), ("archive_root",), ("progress",), ("validation",), ("models",),
-                      ("aggregate",), ("train",), ("classifier",), ("decode", "chunk_frames"), ("decode", "decoder_threads"),
+                      ("aggregate",), ("train",), ("classifier",), ("space",), ("decode", "chunk_frames"), ("decode", "decoder_threads"),
                       ("emotion", "max_batch"), ("features", "feature_set")}
 
 

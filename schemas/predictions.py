@@ -93,6 +93,47 @@ def semantic_prediction_file_schema() -> pa.Schema:
                      metadata={"affectflow.table": "predictions"})
 
 
+SPACE_TASK = "space"                    # a projection into a landmark ensemble's UMAP space
+SPACE_LEVELS = ("video", "frame")
+SPACE_AXES = ("x", "y", "z")
+
+
+def space_prediction_columns() -> list[Column]:
+    """The predictions table of an emotion space (`affectflow space project`): per video, a row for the
+    video and a row per valid frame (a face and every feature)."""
+    common = {c.name: c for c in prediction_columns(())}
+    cols = [common[PARTITION_COLUMN],
+            Column(MODEL_PARTITION, pa.string(), False, "The space's name (partition key): its folder name."),
+            Column("model_sha256", pa.string(), False, "SHA-256 of the saved space (space.joblib)."),
+            Column("level", pa.string(), False, "video: the video's row (its frames' mean point, most frequent "
+                                                "cluster, label); frame: one frame's row."),
+            Column("frame_index", pa.int64(), True, "The frame (level frame); null for the video's row."),
+            Column("timestamp_s", pa.float64(), True, "The frame's time, seconds (level frame)."),
+            common["status"]]
+    cols += [Column(axis, pa.float32(), True, f"Coordinate {axis} in the space (z: 3-D spaces only; null unless "
+                                              "status is ok).") for axis in SPACE_AXES]
+    cols += [Column("cluster", pa.int32(), True, "HDBSCAN cluster of the point (-1: none); for a video, its frames' "
+                                                 "most frequent cluster."),
+             Column("cluster_strength", pa.float32(), True, "Membership strength in [0, 1] (a video: its frames' "
+                                                            "mean)."),
+             Column("predicted_label", pa.string(), True, "The ensemble's label: the frame's most probable class, or "
+                                                         "the video's from its frames smoothed over time."),
+             Column("frames_total", pa.int32(), False, "Primary-face frame rows of the video (on every row of it)."),
+             Column("frames_valid", pa.int32(), False, "Of these, frames with a face and every feature: the video's "
+                                                       "frame rows."),
+             common["error"], common["source"], common["run_id"], common["predicted_at"]]
+    return cols
+
+
+def space_prediction_schema() -> pa.Schema:
+    return schema_of(space_prediction_columns(), "predictions")
+
+
+def space_prediction_file_schema() -> pa.Schema:
+    return pa.schema([f for f in space_prediction_schema() if f.name not in (PARTITION_COLUMN, MODEL_PARTITION)],
+                     metadata={"affectflow.table": "predictions"})
+
+
 def prediction_schema(labels: Sequence[str]) -> pa.Schema:
     """The predictions table's logical schema (both partition columns included)."""
     return schema_of(prediction_columns(labels), "predictions")

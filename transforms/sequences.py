@@ -66,7 +66,8 @@ def read_video_sequence(output: str, video_id: str, columns: Sequence[str], size
     tables = [_read(path, columns) for path in frame_files(output, video_id)]
     width = int(sum(sizes))
     if not tables:
-        return VideoSequence(video_id, np.zeros((0, width), np.float32), np.zeros(0, bool), source, np.zeros(0))
+        return VideoSequence(video_id, np.zeros((0, width), np.float32), np.zeros(0, bool), source, np.zeros(0),
+                             frame_indices=np.zeros(0, np.int64))
     table = pa.concat_tables(tables)
     primary = pc.or_(pc.invert(table.column("face_found")), pc.equal(table.column("face_index"), 0))
     table = table.filter(pc.fill_null(primary, True)).sort_by([("frame_index", "ascending")])
@@ -74,7 +75,9 @@ def read_video_sequence(output: str, video_id: str, columns: Sequence[str], size
                 else np.zeros((table.num_rows, 0), np.float32))
     found = np.asarray(table.column("face_found").to_numpy(zero_copy_only=False), bool)
     timestamps = np.asarray(table.column("timestamp_s").to_numpy(zero_copy_only=False), np.float64)
-    return VideoSequence(video_id, features, found & np.isfinite(features).all(axis=1), source, timestamps)
+    frames = np.asarray(table.column("frame_index").to_numpy(zero_copy_only=False), np.int64)
+    return VideoSequence(video_id, features, found & np.isfinite(features).all(axis=1), source, timestamps,
+                         frame_indices=frames)
 
 
 def column_sizes(output: str, video_ids: Sequence[str], columns: Sequence[str]) -> tuple[int, ...]:

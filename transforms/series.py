@@ -40,6 +40,7 @@ from apache_beam.io.filesystems import FileSystems
 
 from core.elements import DeadLetter, VideoResults
 from core.settings import FeaturesConfig
+from models.smoothing import smooth
 from schemas.columns import PARTITION_COLUMN, baseline_column, file_schema, prob_column, smooth_column
 from schemas.features import GEOMETRY_MEASURES
 from schemas.frames import frame_schema
@@ -70,25 +71,8 @@ class SeriesSettings:
 
 
 def smooth_series(probs: np.ndarray, settings: SeriesSettings) -> np.ndarray:
-    """float[n, k] probabilities in time order -> float32[n, k] smoothed (see the module docstring)."""
-    probs = np.asarray(probs, np.float64)
-    n = len(probs)
-    if n == 0 or settings.method == "none":
-        return probs.astype(np.float32)
-    if settings.method == "window":
-        half = settings.window // 2
-        csum = np.vstack([np.zeros((1, probs.shape[1])), np.cumsum(probs, axis=0)])
-        lo = np.clip(np.arange(n) - half, 0, n)
-        hi = np.clip(np.arange(n) + half + 1, 0, n)
-        return ((csum[hi] - csum[lo]) / (hi - lo)[:, None]).astype(np.float32)
-    if settings.method == "ema":
-        out = np.empty_like(probs)
-        out[0] = probs[0]
-        a = settings.alpha
-        for t in range(1, n):               # sequential by definition; n is one video's frames
-            out[t] = a * probs[t] + (1.0 - a) * out[t - 1]
-        return out.astype(np.float32)
-    raise ValueError(f"unknown smoothing method {settings.method!r}; use none, window or ema")
+    """float[n, k] probabilities in time order -> float32[n, k] smoothed (models.smoothing)."""
+    return smooth(probs, settings.method, settings.window, settings.alpha)
 
 
 def neutral_baseline(values: np.ndarray, is_neutral: np.ndarray, min_frames: int) -> np.ndarray:

@@ -92,7 +92,8 @@ def train(args: argparse.Namespace) -> int:
     from schemas.predictions import TASKS
     config = _config(args)
     semantic = args.target == "semantic"
-    kinds, default_kinds = (SEMANTIC_KINDS, SEMANTIC_KINDS) if semantic else (SEQUENCE_KINDS, PAPER_KINDS)
+    kinds, default_kinds = ((SEMANTIC_KINDS, SEMANTIC_KINDS) if semantic
+                            else ((*SEQUENCE_KINDS, "landmark_ensemble"), PAPER_KINDS))
     request = TrainRequest(
         output=args.output.rstrip("/"), manifest=args.manifest, dest=args.dest,
         models=TrainRequest.expand(args.model or ["all"], kinds, "--model", default_kinds),
@@ -104,6 +105,12 @@ def train(args: argparse.Namespace) -> int:
     if semantic:
         from pipelines.training.semantic_job import train_semantic, vocabulary_words
         report = train_semantic(request, config.job.train, vocabulary_words(args.vocabulary), sys.argv)
+    elif "landmark_ensemble" in request.models:
+        from core.errors import UsageError
+        from pipelines.training.ensemble_job import train_ensemble
+        if len(request.models) > 1:
+            raise UsageError("--model landmark_ensemble trains on frames and has its own outputs: train it alone")
+        report = train_ensemble(request, config.job.train, sys.argv)
     else:
         report = train_models(request, config.job.train, sys.argv)
     print(f"trained {len(report['models'])} model(s) in {report['seconds']:.0f} s; cross-validated "
@@ -116,6 +123,16 @@ def train(args: argparse.Namespace) -> int:
     for key, path in report["files"].items():
         print(f"  {key:8s}{path}")
     return EXIT_OK
+
+
+def _predictions_exit(entry: dict) -> int:
+    """Print a predict / space project validation summary; 4 invalid, 1 some videos failed, else 0."""
+    validation = entry.get("validation") or {}
+    if validation.get("summary"):
+        print(validation["summary"])
+    if validation.get("valid") is False:
+        return EXIT_INVALID
+    return EXIT_VIDEOS_FAILED if entry["counts"].get("failed") else EXIT_OK
 
 
 def predict(args: argparse.Namespace) -> int:
@@ -132,12 +149,33 @@ def predict(args: argparse.Namespace) -> int:
     counts = entry["counts"]
     print(f"predicted {entry['predicted']} video(s) with {entry['model']} ({entry['kept']} kept from before): "
           + ", ".join(f"{k} {v}" for k, v in counts.items()))
-    validation = entry.get("validation") or {}
-    if validation.get("summary"):
-        print(validation["summary"])
-    if validation.get("valid") is False:
-        return EXIT_INVALID
-    return EXIT_VIDEOS_FAILED if counts.get("failed") else EXIT_OK
+    return _predictions_exit(entry)
+
+
+def space(args: argparse.Namespace) -> int:
+    config = _config(args)
+    if args.space_command == "fit":
+        from pipelines.labels import parse_label_map
+        from pipelines.space import SpaceRequest, fit_space
+        request = SpaceRequest(args.model, args.output.rstrip("/"), args.manifest, args.dest,
+                               parse_label_map(args.label_map), args.allow_no_subjects, args.overwrite)
+        card = fit_space(request, config.job.space, sys.argv)
+        print(f"space {card.name}: {card.dimensions}-D, {card.training['frames']} frames of "
+              f"{card.training['videos']} videos; clusters (frames per label):")
+        for cluster, counts in sorted(card.clusters.items(), key=lambda kv: int(kv[0])):
+            print(f"  {'none' if cluster == '-1' else cluster:>4s}  "
+                  + ", ".join(f"{label} {n}" for label, n in counts.items()))
+        print(f"  saved to {args.dest} (picture: {args.dest}/space.html)")
+        return EXIT_OK
+    from pipelines.space import project
+    entry = project(args.output, args.space, config.job.validation, force=args.force, wait_s=args.wait,
+                    command=sys.argv)
+    counts = entry["counts"]
+    print(f"projected {entry['projected']} video(s) into {entry['model']} ({entry['kept']} kept from before): "
+          + ", ".join(f"{k} {v}" for k, v in counts.items()))
+    if entry.get("report"):
+        print(f"  picture: {entry['report']}")
+    return _predictions_exit(entry)
 
 
 def models(args: argparse.Namespace) -> int:
@@ -183,4 +221,5 @@ def validate(args: argparse.Namespace) -> int:
 
 
 HANDLERS = {"run": run, "demo": demo, "aggregate": aggregate, "calibrate": calibrate, "ingest": ingest,
-            "train": train, "predict": predict, "models": models, "samples": samples, "validate": validate}
+            "train": train, "predict": predict, "space": space, "models": models, "samples": samples,
+            "validate": validate}

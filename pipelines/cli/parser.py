@@ -120,6 +120,34 @@ def build_parser(description: str) -> argparse.ArgumentParser:
     _add_wait_arg(predict)
     _add_config_args(predict)
 
+    space = sub.add_parser("space", help="fit a landmark ensemble's emotion space, or project a run into it",
+                           description="fit: lay out the learned features of a landmark ensemble (affectflow train "
+                                       "--model landmark_ensemble) on labelled videos with supervised UMAP, cluster "
+                                       "them with HDBSCAN, save the space (with a copy of the ensemble) into DEST. "
+                                       "project: write every video of RUN_DIR into the space, a row per frame and "
+                                       "per video under RUN_DIR/predictions/model=<space>/, and validate it. "
+                                       "Settings: space.* (--set space.dimensions=3). Exit codes as predict.")
+    space_sub = space.add_subparsers(dest="space_command", required=True)
+    fit = space_sub.add_parser("fit", help="fit a space on labelled videos")
+    fit.add_argument("--model", required=True, metavar="ENSEMBLE_DIR",
+                     help="a landmark ensemble folder, or the train DEST holding one")
+    fit.add_argument("--output", required=True, metavar="RUN_DIR", help="the run whose frames the space is fitted on")
+    fit.add_argument("--manifest", required=True, metavar="PATH",
+                     help="labelled manifest .csv/.parquet: label, video_id or path, subject_id")
+    fit.add_argument("--dest", required=True, metavar="SPACE_DIR", help="local folder for the space (its name names "
+                                                                        "the space)")
+    fit.add_argument("--label-map", action="append", default=[], metavar="YAML_OR_KEY=VALUE",
+                     help="map manifest labels as in train")
+    fit.add_argument("--allow-no-subjects", action="store_true", help="a manifest without subject_id")
+    fit.add_argument("--overwrite", action="store_true", help="replace the space an earlier fit wrote into DEST")
+    _add_config_args(fit)
+    proj = space_sub.add_parser("project", help="project every video of a run into a space")
+    proj.add_argument("--space", required=True, metavar="SPACE_DIR", help="a folder written by space fit")
+    proj.add_argument("--output", required=True, metavar="RUN_DIR", help="an affectflow output folder (local)")
+    proj.add_argument("--force", action="store_true", help="project every video again")
+    _add_wait_arg(proj)
+    _add_config_args(proj)
+
     models = sub.add_parser("models", help="list registered models or pre-fetch their weights")
     models_sub = models.add_subparsers(dest="models_command", required=True)
     models_sub.add_parser("list", help="name, kind, source, cache state, input contract, labels")
@@ -200,7 +228,8 @@ def _train_arguments(parser: argparse.ArgumentParser) -> None:
                         help="classes: the manifest's labels (default); semantic: its free-text annotation column, "
                              "as points of a multilingual sentence-embedding space")
     parser.add_argument("--model", action="append", default=[], metavar="NAME_OR_ALL",
-                        help=f"classes: {', '.join(SEQUENCE_KINDS)} or all (the paper's three; default); semantic: "
+                        help=f"classes: {', '.join(SEQUENCE_KINDS)} or all (the paper's three; default), or "
+                             "landmark_ensemble (per-frame learners on the face mesh, alone); semantic: "
                              f"{', '.join(SEMANTIC_KINDS)} or all (default); comma-separated or repeated")
     parser.add_argument("--features", action="append", default=[], metavar="SET",
                         help="appearance (AU-like columns), deep (embeddings), both (concatenated), landmarks "

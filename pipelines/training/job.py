@@ -201,7 +201,7 @@ def _feature_set_data(request: TrainRequest, manifest: dict, feature_set: str, r
     return FeatureSetData(feature_set, columns, tuple(sizes), store, usable)
 
 
-def _folds(task: Task, keep: np.ndarray, groups: np.ndarray, request: TrainRequest, seed: int) -> np.ndarray:
+def task_folds(task: Task, keep: np.ndarray, groups: np.ndarray, request: TrainRequest, seed: int) -> np.ndarray:
     try:
         return make_folds(task.codes[keep], groups[keep], request.folds, seed)
     except ValueError as exc:
@@ -218,7 +218,7 @@ def _evaluate(request: TrainRequest, settings: TrainConfig, run: LabelledRun, gr
     if len(set(task.codes[keep])) < 2:
         raise UsageError(f"{task.name} on {data.name}: the usable videos have fewer than two classes")
     positions, codes, ids = np.flatnonzero(keep), task.codes[keep], run.video_ids[keep]
-    folds = _folds(task, keep, groups, request, settings.seed)
+    folds = task_folds(task, keep, groups, request, settings.seed)
     say(f"{task.name} on {data.name}: {len(codes)} videos, {len(set(groups[keep]))} subjects, classes "
         + ", ".join(f"{c} {n}" for c, n in zip(task.classes, np.bincount(codes, minlength=len(task.classes)))))
     evaluations = [cross_validate_baseline(video_statistics(data.store, positions), task, codes, folds, ids,
@@ -268,7 +268,7 @@ def _run_label_rows(request: TrainRequest, run: LabelledRun, groups: np.ndarray,
     rows = []
     for task in tasks:
         keep = task.used
-        folds = _folds(task, keep, groups, request, settings.seed)
+        folds = task_folds(task, keep, groups, request, settings.seed)
         for method in RUN_METHODS:
             labels = [videos[f"{method}_label"][index[v]] for v in run.video_ids[keep]]
             evaluation = run_label_evaluation(method, labels, manifest["labels"], task, task.codes[keep], folds,

@@ -34,19 +34,22 @@ from pipelines.validation.report import ValidationReport
 from pipelines.validation.rules import WARNING, between, columns_match, ident, in_set, lit, meta, rows_rule, Suite
 from pipelines.validation.stored import PARQUET_COLUMNS, parquet_column_expectations, stored_column_rows
 from schemas.columns import PARTITION_COLUMN
-from schemas.predictions import (MODEL_PARTITION, PREDICTION_STATUSES, SEMANTIC_TASK, prediction_schema,
-                                 probability_column, semantic_prediction_schema)
+from schemas.predictions import (MODEL_PARTITION, PREDICTION_STATUSES, SEMANTIC_TASK, SPACE_AXES, SPACE_LEVELS,
+                                 SPACE_TASK, prediction_schema, probability_column, semantic_prediction_schema,
+                                 space_prediction_schema)
 
 PREDICTIONS = "predictions"
 
 
 @dataclass(frozen=True)
 class PredictedModel:
-    """What the predictions suite needs to know of a model: its name, label order and weights' SHA-256."""
+    """What the predictions suite needs to know of a model: its name, label order and weights' SHA-256,
+    and whether it is a classifier, a semantic model or an emotion space (with its dimensions)."""
     name: str
     labels: tuple[str, ...]             # a semantic model's: its vocabulary
     model_sha256: str
     semantic: bool = False
+    space_dimensions: int = 0           # an emotion space's (pipelines.space); 0: not a space
 
     @classmethod
     def of(cls, card: ModelCard, model_sha256: str) -> "PredictedModel":
@@ -54,12 +57,15 @@ class PredictedModel:
 
     @classmethod
     def from_manifest(cls, manifest: dict) -> "PredictedModel":
-        """From a model's ``_predict_manifest.json`` (pipelines.predict)."""
-        return cls(manifest["model"], tuple(manifest["labels"]), manifest["model_sha256"],
-                   manifest.get("task") == SEMANTIC_TASK)
+        """From a model's ``_predict_manifest.json`` (pipelines.predict, pipelines.space)."""
+        task = manifest.get("task")
+        return cls(manifest["model"], tuple(manifest["labels"]), manifest["model_sha256"], task == SEMANTIC_TASK,
+                   int(manifest.get("dimensions") or 0) if task == SPACE_TASK else 0)
 
     @property
     def schema(self) -> pa.Schema:
+        if self.space_dimensions:
+            return space_prediction_schema()
         return semantic_prediction_schema() if self.semantic else prediction_schema(self.labels)
 
     @property
@@ -145,10 +151,48 @@ def semantic_expectations(model: PredictedModel, tolerance: float) -> list:
     ]
 
 
+def space_expectations(model: PredictedModel) -> list:
+    """An emotion space's rows: one video row and one row per valid frame, coordinates of the space's
+    dimensions, clusters, the ensemble's labels, frame rows that add up to the video row."""
+    t = PREDICTIONS
+    used = SPACE_AXES[:model.space_dimensions]
+    coords = " AND ".join(f"{a} IS NOT NULL AND isfinite({a})" for a in used)
+    unused = " OR ".join(f"{a} IS NOT NULL" for a in SPACE_AXES[model.space_dimensions:]) or "false"
+    return [
+        columns_match(t, model.schema, exact=True),
+        in_set(t, "level", SPACE_LEVELS, "video or frame"),
+        rows_rule(t, "level", "one video row per video and one row per frame",
+                  f"SELECT {PARTITION_COLUMN}, level, frame_index, count(*) AS rows FROM {{batch}} "
+                  f"GROUP BY {PARTITION_COLUMN}, level, frame_index HAVING count(*) > 1 OR "
+                  f"(level = 'video' AND frame_index IS NOT NULL) OR (level = 'frame' AND frame_index IS NULL)"),
+        in_set(t, "status", PREDICTION_STATUSES, "statuses"),
+        rows_rule(t, "status", "frame rows are ok (a frame without a face has no row)",
+                  "SELECT * FROM {batch} WHERE level = 'frame' AND status <> 'ok'"),
+        in_set(t, MODEL_PARTITION, (model.name,), "the space's name"),
+        in_set(t, "model_sha256", (model.model_sha256,), "the space file's SHA-256"),
+        in_set(t, "predicted_label", model.labels, "the ensemble's labels"),
+        between(t, "cluster_strength", 0, 1),
+        between(t, "cluster", -1, None, rule=">= -1 (-1: none)"),
+        rows_rule(t, "x", f"status ok: {model.space_dimensions} finite coordinates, a cluster and a label",
+                  f"SELECT * FROM {{batch}} WHERE status = 'ok' AND NOT ({coords} AND cluster IS NOT NULL AND "
+                  f"cluster_strength IS NOT NULL AND predicted_label IS NOT NULL AND NOT ({unused}))"),
+        rows_rule(t, "x", "status not ok: no point, cluster or label",
+                  "SELECT * FROM {batch} WHERE status <> 'ok' AND (x IS NOT NULL OR y IS NOT NULL OR z IS NOT NULL OR "
+                  "cluster IS NOT NULL OR predicted_label IS NOT NULL)"),
+        rows_rule(t, "frames_valid", "a video row's frames_valid equals its frame rows",
+                  f"SELECT v.* FROM {{batch}} v LEFT JOIN (SELECT {PARTITION_COLUMN}, count(*) AS n FROM {{batch}} "
+                  f"WHERE level = 'frame' GROUP BY {PARTITION_COLUMN}) f USING ({PARTITION_COLUMN}) "
+                  "WHERE v.level = 'video' AND v.frames_valid <> coalesce(f.n, 0)"),
+        *_reconciliation(t),
+    ]
+
+
 def prediction_expectations(model: PredictedModel, tolerance: float) -> list:
     """The rules of the predictions suite (see the module docstring)."""
     if model.semantic:
         return semantic_expectations(model, tolerance)
+    if model.space_dimensions:
+        return space_expectations(model)
     t = PREDICTIONS
     probs = model.probability_columns
     total = " + ".join(f"coalesce({ident(c)}, 0)" for c in probs)
