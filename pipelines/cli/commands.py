@@ -178,6 +178,16 @@ def space(args: argparse.Namespace) -> int:
     return _predictions_exit(entry)
 
 
+def report(args: argparse.Namespace) -> int:
+    from pipelines.archive_report import write_report
+    videos = [v.strip() for value in args.videos for v in value.split(",") if v.strip()]
+    written = write_report(args.output, args.dest, videos, args.timelines, args.rows)
+    counts = ", ".join(f"{k} {v}" for k, v in written["by_status"].items())
+    print(f"report of {written['videos']} videos ({counts}), {len(written['timelines'])} timelines: "
+          f"{written['path']}")
+    return EXIT_OK
+
+
 def models(args: argparse.Namespace) -> int:
     from models.registry import REGISTRY, resolve
     from models.store import is_cached
@@ -221,5 +231,5 @@ def validate(args: argparse.Namespace) -> int:
 
 
 HANDLERS = {"run": run, "demo": demo, "aggregate": aggregate, "calibrate": calibrate, "ingest": ingest,
-            "train": train, "predict": predict, "space": space, "models": models, "samples": samples,
+            "train": train, "predict": predict, "space": space, "report": report, "models": models, "samples": samples,
             "validate": validate}

@@ -148,6 +148,20 @@ def build_parser(description: str) -> argparse.ArgumentParser:
     _add_wait_arg(proj)
     _add_config_args(proj)
 
+    rep = sub.add_parser("report", help="one offline HTML page of an output: overview and per-video timelines",
+                         description="Write DEST/archive.html (default OUTPUT/reports/): videos by status, a face "
+                                     "coverage histogram, Top-1 and threshold labels (specific and broad), the model, "
+                                     "threshold and fallback, a sortable table of videos, and per video a timeline of "
+                                     "its emotion probabilities (raw and smoothed, faceless stretches shaded), its AU "
+                                     "tracks and its trained models' predictions. One file, nothing fetched.")
+    rep.add_argument("output", help="an affectflow output folder (local)")
+    rep.add_argument("--videos", action="append", default=[], metavar="ID,...",
+                     help="the videos that get a timeline (default: the first --timelines videos with a face, by id)")
+    rep.add_argument("--timelines", type=int, default=20, metavar="N", help="timelines without --videos (default 20)")
+    rep.add_argument("--rows", type=int, default=2000, metavar="N",
+                     help="videos listed in the table, the first by id (default 2000); the overview counts all")
+    rep.add_argument("--dest", metavar="DIR", help="where archive.html goes (default OUTPUT/reports)")
+
     models = sub.add_parser("models", help="list registered models or pre-fetch their weights")
     models_sub = models.add_subparsers(dest="models_command", required=True)
     models_sub.add_parser("list", help="name, kind, source, cache state, input contract, labels")

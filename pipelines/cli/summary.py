@@ -34,6 +34,8 @@ def print_summary(manifest: dict, stream=None) -> None:
     for table, path in manifest["tables"].items():
         print(f"  {table:13s} {path}", file=stream)
     print(f"  manifest      {manifest['output']}/run_manifest.json", file=stream)
+    print(f"  report        affectflow report {manifest['output']}  (writes {manifest['output']}/reports/archive.html)",
+          file=stream)
     validation = manifest.get("validation")
     if validation:
         print(validation.get("summary") or f"validation skipped: {validation.get('skipped')}", file=stream)

@@ -18,6 +18,11 @@ STAGING = "_staging"
 MANIFEST_FILE = "run_manifest.json"
 
 
+def sql_literal(value: str) -> str:
+    """A SQL string literal (DuckDB reads the tables' files by their paths)."""
+    return "'" + value.replace("'", "''") + "'"
+
+
 def list_files(root: str) -> list[str]:
     """Every file below ``root`` (any Beam filesystem), sorted."""
     pattern = FileSystems.join(root, "**")

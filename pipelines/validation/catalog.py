@@ -7,14 +7,9 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipelines.output.layout import table_files
+from pipelines.output.layout import sql_literal, table_files
 from pipelines.validation.stored import PARQUET_COLUMNS, stored_column_rows
 from schemas.columns import PARTITION_COLUMN
-
-
-def sql_literal(value: str) -> str:
-    """A SQL string literal."""
-    return "'" + value.replace("'", "''") + "'"
 
 
 def create_empty_table(con, name: str, schema: pa.Schema) -> None:
