@@ -22,7 +22,8 @@ setup(
         "pandas>=2.2,<2.4",
         "numpy>=1.26,<3",
         "opencv-python-headless>=4.10,<5",
-        "tensorflow==2.21.0",
+        "tensorflow==2.21.0",            # Keras models (training, the keras emotion runtime, ResNet50)
+        "ai-edge-litert==2.3.0",         # the TF Lite interpreter without importing TensorFlow (start-up, memory)
         "keras>=3.10,<4",                # Keras 3 API of the video-level models (masks passed explicitly)
         "great-expectations==1.24.1",
         "duckdb>=1.1,<3",

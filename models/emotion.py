@@ -179,11 +179,12 @@ def compiled_tflite(keras_path: str, keras_sha256: str, tolerance: float = 1e-4,
     compiles the two-output model of ``with_embedding`` (a separate file, ``-emb``); its
     embedding must match too (tolerance relative to the embedding's largest magnitude).
     """
-    import tensorflow as tf
+    from importlib.metadata import version
     variant = "-emb" if embedding else ""
-    target = cache_home() / "derived" / f"{keras_sha256[:16]}{variant}-tf{tf.__version__}.tflite"
-    if target.is_file():
+    target = cache_home() / "derived" / f"{keras_sha256[:16]}{variant}-tf{version('tensorflow')}.tflite"
+    if target.is_file():                # compiled before: no TensorFlow import (about 2.5 s) needed
         return target
+    import tensorflow as tf
     keras_model = load_keras_model(keras_path, embedding=embedding)
     # The converter exports a SavedModel first and prints its signature listing to stdout: keep that
     # out of the command's output (the run summary is what a user or a scheduler reads).

@@ -25,7 +25,7 @@ from pipelines.beam_runtime import runner_environment, short_state_sampling
 from pipelines.config import RunConfig
 from pipelines.inputs import discover
 from pipelines.progress import ProgressReporter
-from pipelines.runs import OutputRun, RunPlan
+from pipelines.runs import OutputRun, RunPlan, kept_unchanged
 from schemas.features import feature_set_columns
 from transforms.deep import ExtractDeepFeatures
 from transforms.emotions import ScoreEmotions
@@ -183,7 +183,9 @@ def execute(config: RunConfig, argv_for_manifest: Optional[list[str]] = None, fo
         models = resolve_models(config)
         plan = run.plan(inputs, extra_fields, aggregation_settings(config), frame_feature_groups(config),
                         settings_fingerprint(config, models), [m.manifest_entry() for m in models])
-        run_pipeline(config, plan)
+        todo = plan.without(kept_unchanged(plan))      # unchanged local files are never handed to the pipeline
+        if todo.inputs:
+            run_pipeline(config, todo)
         manifest = run.finish(plan, {"feature_set": feature_set_entry(config)})
         if classifier:                  # the classifier's Beam stage over the committed frame rows
             from pipelines.predict import predict_output

@@ -17,12 +17,14 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import dataclasses
 import logging
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping, Optional, Sequence
+from typing import Collection, Mapping, Optional, Sequence
 
 import pyarrow as pa
 from apache_beam.io.filesystems import FileSystems
@@ -40,6 +42,7 @@ from pipelines.output.rows import rewrite_kept_rows
 from pipelines.output.schema import added_columns, carried_columns, check_outputs_schema, union_carried
 from pipelines.output.state import OutputState, deleted_inputs, latest_manifest, read_state, read_video_rows
 from schemas.videos import video_schema
+from transforms.decode import hash_file
 from transforms.parquet import json_metadata
 from transforms.videos import build_video_row, dead_letter_rows, write_video_files
 
@@ -61,6 +64,10 @@ class RunPlan:
     previous: Mapping[str, RowFingerprint] = field(default_factory=dict)
     archive_root: str = ""
 
+    def without(self, video_ids: Collection[str]) -> "RunPlan":
+        """The same plan for the other inputs only (what the pipeline still has to look at)."""
+        return dataclasses.replace(self, inputs=[v for v in self.inputs if v.video_id not in video_ids])
+
     @property
     def planned(self) -> list[PlannedVideo]:
         """Every input with the fingerprint of the row a rerun may keep."""
@@ -80,6 +87,30 @@ class RunPlan:
     @property
     def video_schema(self) -> pa.Schema:
         return video_schema(self.settings.labels, self.settings.broad_labels, self.extra_fields)
+
+
+def kept_unchanged(plan: RunPlan, threads: int = 8) -> frozenset[str]:
+    """Ids of local inputs whose row the run keeps as it is: a row with the run's settings fingerprint
+    and the same bytes, hashed here in ``threads`` threads (hashlib releases the GIL).
+
+    The pipeline then never sees them, and a rerun in which nothing changed starts no pipeline at
+    all. The pipeline's own check (transforms.probe) stays for the rest: remote inputs are hashed
+    by its workers, since hashing them here would pull every byte through this one machine. A
+    file that cannot be read here is left to the pipeline, which records why.
+    """
+    candidates = [p for p in plan.planned if p.previous is not None and "://" not in p.input.path
+                  and p.previous.settings_fingerprint == plan.fingerprint]
+
+    def same_bytes(planned: PlannedVideo) -> bool:
+        try:
+            return hash_file(planned.input.path)[0] == planned.previous.content_sha256
+        except OSError:
+            return False
+
+    if not candidates:
+        return frozenset()
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        return frozenset(p.video_id for p, same in zip(candidates, pool.map(same_bytes, candidates)) if same)
 
 
 def check_output_path(output: str) -> None:
@@ -187,8 +218,28 @@ class OutputRun:
         manifest.update(extra or {})
         write_manifest(self.output, manifest)
         if self.config.job.validation.enabled:
-            manifest["validation"] = validate_after_run(self.output, self.config, self.run_id)
+            unchanged = not (replace or self.recovered or (self._state and self._state.damaged))
+            manifest["validation"] = (self._standing_verdict() if unchanged else None) or validate_after_run(
+                self.output, self.config, self.run_id)
+            if "reused_from" in manifest["validation"]:
+                write_manifest(self.output, manifest)
         return manifest
+
+    def _standing_verdict(self) -> Optional[dict]:
+        """The previous run's validation verdict, when this run changed no file of the output and the
+        validation settings are the same: the tables it checked are the tables as they are. None
+        otherwise (validate). `affectflow validate` always checks everything again."""
+        before = self._before or {}
+        verdict = before.get("validation") or {}
+        same_settings = ((before.get("config") or {}).get("job", {}).get("validation")
+                         == self.config.as_dict()["job"]["validation"])
+        if verdict.get("valid") is None or "error" in verdict or not same_settings:
+            return None
+        state = "VALID" if verdict["valid"] else "NOT VALID"
+        validated_by = verdict.get("reused_from") or before.get("run_id")
+        return {**verdict, "reused_from": validated_by,
+                "summary": f"validation: nothing in {self.output} changed since run {validated_by}, whose "
+                           f"validation stands: {state} (affectflow validate checks everything again)"}
 
     def _aggregate_changed(self) -> bool:
         """Whether the aggregate.* settings differ from the ones the output's rows were labelled with."""

@@ -154,3 +154,42 @@ def test_every_video_row_traces_to_its_run_manifest(archive, tmp_path):
         assert {m["name"]: m["sha256"] for m in models} == {m["name"]: m["sha256"] for m in manifest["models"]}
         assert manifest["config"]["job"]["aggregate"]["threshold"] == row["threshold"]
     assert json.loads((out / "run_manifest.json").read_text())["run_id"] == run["run_id"]
+
+
+def test_unchanged_local_files_never_reach_the_pipeline(archive, tmp_path, monkeypatch, single_face):
+    """The run hashes local inputs with a kept row itself: a rerun where nothing changed starts no
+    pipeline and keeps the previous validation verdict; a changed file is all the pipeline sees."""
+    import pipelines.extract as extract
+    out = tmp_path / "out"
+    first = _run(archive, out)
+    handed: list[list[str]] = []
+    real = extract.run_pipeline
+    monkeypatch.setattr(extract, "run_pipeline",
+                        lambda config, plan: (handed.append(sorted(v.path for v in plan.inputs)), real(config, plan)))
+    files = {p: p.read_bytes() for p in out.rglob("*.parquet")}
+    second = _run(archive, out)
+    assert handed == [] and second["counts"]["skipped"] == 3
+    assert {p: p.read_bytes() for p in out.rglob("*.parquet")} == files                # the same bytes, no file more
+    assert second["validation"]["valid"] is True and second["validation"]["reused_from"] == first["run_id"]
+    third = _run(archive, out)                                                         # a verdict carried twice names
+    assert third["validation"]["reused_from"] == first["run_id"]                       # the run that validated
+    other = _run(archive, out, "validation.min_face_coverage_warn=0.9")                # other rules: validated again
+    assert handed == [] and "reused_from" not in other["validation"] and other["validation"]["warnings"]
+
+    media.write_video(archive / "b.mp4", media.read_frames(single_face, 10))           # changed bytes
+    changed = _run(archive, out, "validation.min_face_coverage_warn=0.9")
+    assert handed == [[str(archive / "b.mp4")]] and changed["counts"]["processed"] == 1
+    assert "reused_from" not in changed["validation"]
+
+
+def test_a_default_run_does_not_import_tensorflow(archive, tmp_path):
+    """The TF Lite models run on LiteRT: start-up without TensorFlow's 2.5 s and 500 MB."""
+    import subprocess
+    import sys
+    code = ("import sys; from pipelines.cli import main; code = main(sys.argv[1:]); "
+            "print('tensorflow' in sys.modules, 'keras' in sys.modules); sys.exit(code)")
+    done = subprocess.run([sys.executable, "-c", code, "run", "--input", str(archive), "--output",
+                           str(tmp_path / "out"), "--set", "progress=false", "--set", "validation.enabled=false"],
+                          capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1])
+    assert done.returncode == 1, done.stderr                      # broken.mp4 fails; the others are ok
+    assert done.stdout.strip().splitlines()[-1] == "False False"

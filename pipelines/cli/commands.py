@@ -188,6 +188,17 @@ def report(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def compact(args: argparse.Namespace) -> int:
+    from pipelines.compact import COMPACT_DIR, compact as compact_output
+    state = compact_output(args.output, args.wait, sys.argv)
+    rows = ", ".join(f"{table} {n}" for table, n in state["rows"].items())
+    if state.get("unchanged"):
+        print(f"{args.output}/{COMPACT_DIR}/ already reflects the output's tables ({rows} rows)")
+    else:
+        print(f"compacted {args.output} into {args.output}/{COMPACT_DIR}/ in {state['seconds']:.1f} s: {rows} rows")
+    return EXIT_OK
+
+
 def models(args: argparse.Namespace) -> int:
     from models.registry import REGISTRY, resolve
     from models.store import is_cached
@@ -231,5 +242,5 @@ def validate(args: argparse.Namespace) -> int:
 
 
 HANDLERS = {"run": run, "demo": demo, "aggregate": aggregate, "calibrate": calibrate, "ingest": ingest,
-            "train": train, "predict": predict, "space": space, "report": report, "models": models, "samples": samples,
+            "train": train, "predict": predict, "space": space, "report": report, "compact": compact, "models": models, "samples": samples,
             "validate": validate}

@@ -162,6 +162,14 @@ def build_parser(description: str) -> argparse.ArgumentParser:
                      help="videos listed in the table, the first by id (default 2000); the overview counts all")
     rep.add_argument("--dest", metavar="DIR", help="where archive.html goes (default OUTPUT/reports)")
 
+    comp = sub.add_parser("compact", help="write a compacted snapshot of an output's tables for fast queries",
+                          description="Write OUTPUT/compact/: videos.parquet, dead_letters.parquet and frames/ in a "
+                                      "few large files sorted by video, with video_id stored, for DuckDB, pandas and "
+                                      "pyarrow. The per-video partitions stay the output's truth; a later run that "
+                                      "changes them makes the snapshot stale (the run says so).")
+    comp.add_argument("output", help="an affectflow output folder (local)")
+    _add_wait_arg(comp)
+
     models = sub.add_parser("models", help="list registered models or pre-fetch their weights")
     models_sub = models.add_subparsers(dest="models_command", required=True)
     models_sub.add_parser("list", help="name, kind, source, cache state, input contract, labels")

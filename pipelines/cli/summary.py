@@ -36,6 +36,11 @@ def print_summary(manifest: dict, stream=None) -> None:
     print(f"  manifest      {manifest['output']}/run_manifest.json", file=stream)
     print(f"  report        affectflow report {manifest['output']}  (writes {manifest['output']}/reports/archive.html)",
           file=stream)
+    if "://" not in manifest["output"]:
+        from pipelines.compact import COMPACT_DIR, is_stale
+        if is_stale(manifest["output"]):
+            print(f"  note: {manifest['output']}/{COMPACT_DIR}/ reflects the tables before this run: run affectflow "
+                  "compact again", file=stream)
     validation = manifest.get("validation")
     if validation:
         print(validation.get("summary") or f"validation skipped: {validation.get('skipped')}", file=stream)
