@@ -153,6 +153,10 @@ class ModelsConfig(Section):
 class ValidationConfig(Section):
     enabled: bool = Field(True, description="Validate every run's output at its end (affectflow validate always "
                           "does).")
+    after_run: Literal["changed", "all"] = Field("changed", description="What the end-of-run validation reads: "
+                                                 "changed = the frame and dead-letter files of the videos the run "
+                                                 "wrote, every video row and the reconciliation with the manifest; "
+                                                 "all = everything, as affectflow validate does.")
     min_face_coverage_warn: Optional[float] = Field(0.5, ge=0, le=1, description="A video whose face_coverage is "
                                                     "below this: warning (null = off).")
     min_face_coverage_fail: Optional[float] = Field(None, ge=0, le=1, description="... below this: critical, the "

@@ -219,8 +219,13 @@ class OutputRun:
         write_manifest(self.output, manifest)
         if self.config.job.validation.enabled:
             unchanged = not (replace or self.recovered or (self._state and self._state.damaged))
+            # Only the videos this run wrote have new frame files, unless other rules apply now, or an
+            # earlier run's commit was completed here (its videos are not in ``replace``).
+            full = (self.recovered or self.config.job.validation.after_run == "all"
+                    or not self._same_validation_settings())
+            scope = None if full else set(replace)
             manifest["validation"] = (self._standing_verdict() if unchanged else None) or validate_after_run(
-                self.output, self.config, self.run_id)
+                self.output, self.config, self.run_id, scope)
             if "reused_from" in manifest["validation"]:
                 write_manifest(self.output, manifest)
         return manifest
@@ -231,15 +236,18 @@ class OutputRun:
         otherwise (validate). `affectflow validate` always checks everything again."""
         before = self._before or {}
         verdict = before.get("validation") or {}
-        same_settings = ((before.get("config") or {}).get("job", {}).get("validation")
-                         == self.config.as_dict()["job"]["validation"])
-        if verdict.get("valid") is None or "error" in verdict or not same_settings:
+        if verdict.get("valid") is None or "error" in verdict or not self._same_validation_settings():
             return None
         state = "VALID" if verdict["valid"] else "NOT VALID"
         validated_by = verdict.get("reused_from") or before.get("run_id")
         return {**verdict, "reused_from": validated_by,
                 "summary": f"validation: nothing in {self.output} changed since run {validated_by}, whose "
                            f"validation stands: {state} (affectflow validate checks everything again)"}
+
+    def _same_validation_settings(self) -> bool:
+        """Whether the previous run validated with the validation.* settings of this one."""
+        before = ((self._before or {}).get("config") or {}).get("job", {}).get("validation")
+        return before == self.config.as_dict()["job"]["validation"]
 
     def _aggregate_changed(self) -> bool:
         """Whether the aggregate.* settings differ from the ones the output's rows were labelled with."""
@@ -274,7 +282,7 @@ class OutputRun:
             tables.update({"videos", "dead_letters"})
 
 
-def validate_after_run(output: str, config: RunConfig, run_id: str) -> dict:
+def validate_after_run(output: str, config: RunConfig, run_id: str, scope: Optional[set[str]] = None) -> dict:
     """Validate what the run left (pipelines.validation); the verdict also goes into the manifests.
 
     Validation reads the Parquet with DuckDB, which needs a local folder: for a remote output
@@ -288,7 +296,7 @@ def validate_after_run(output: str, config: RunConfig, run_id: str) -> dict:
     from pipelines.validation.job import mark_manifests, validate_output
     local = output.removeprefix("file://")
     try:
-        report = validate_output(local, config.job.validation)
+        report = validate_output(local, config.job.validation, scope)
     except Exception as exc:  # noqa: BLE001 - the data is committed; an unvalidated output is not valid
         _LOG.exception("validation of %s could not complete", output)
         message = f"validation of {output} could not complete: {type(exc).__name__}: {exc}"

@@ -193,3 +193,29 @@ def test_a_default_run_does_not_import_tensorflow(archive, tmp_path):
                           capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1])
     assert done.returncode == 1, done.stderr                      # broken.mp4 fails; the others are ok
     assert done.stdout.strip().splitlines()[-1] == "False False"
+
+
+def test_end_of_run_validation_reads_the_changed_videos_and_validate_reads_all(archive, tmp_path, single_face, capsys):
+    """After a run that wrote one video, its validation reads that video's frame files (and every
+    video row); a damaged frame file of an untouched video is for `affectflow validate` (or
+    validation.after_run=all) to find."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from pipelines.cli import main
+    out = tmp_path / "out"
+    _run(archive, out)
+    a_file = next(p for p in (out / "frames").glob("video_id=a-*/*.parquet"))
+    table = pq.read_table(a_file)
+    index = table.schema.get_field_index("prob_happy")
+    broken = table.set_column(index, table.schema.field(index), pa.array([2.0] * table.num_rows, pa.float32()))
+    pq.write_table(broken, a_file)                                              # probabilities that sum past 1
+    media.write_video(archive / "b.mp4", media.read_frames(single_face, 10))   # b changes; a does not
+    changed = _run(archive, out)
+    assert changed["counts"]["processed"] == 1 and changed["validation"]["valid"] is True
+    results = json.loads((out / "validation" / "results.json").read_text())
+    assert results["frames_checked_for"] == "1 video(s) the run wrote"
+    assert main(["validate", str(out)]) == 4                                    # the full pass finds a's file
+    assert "prob_happy" in capsys.readouterr().out
+    media.write_video(archive / "b.mp4", media.read_frames(single_face, 12))
+    full = _run(archive, out, "validation.after_run=all")
+    assert full["validation"]["valid"] is False and full["validation"]["failed"]

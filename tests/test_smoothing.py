@@ -19,7 +19,6 @@ from pipelines.output.layout import read_table
 from pipelines.validation.job import validate_output
 from schemas.features import GEOMETRY_MEASURES, feature_set_columns
 from schemas.columns import prob_column, smooth_column
-pass
 from transforms.series import SeriesSettings, neutral_baseline, smooth_series
 
 LABELS = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")

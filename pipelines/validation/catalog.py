@@ -3,11 +3,13 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Collection, Optional
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipelines.output.layout import sql_literal, table_files
+from pipelines.validation.rules import SCOPE, VIDEOS
 from pipelines.validation.stored import PARQUET_COLUMNS, stored_column_rows
 from schemas.columns import PARTITION_COLUMN
 
@@ -27,9 +29,15 @@ def create_parquet_columns(con, rows: list[tuple[str, str, str, str, str]]) -> N
     con.execute(f'CREATE TABLE "{PARQUET_COLUMNS}" AS SELECT * FROM stored_columns')
 
 
-def build_catalog(output: Path, path: Path, schemas: dict[str, pa.Schema], carried_known: bool = True) -> None:
+def build_catalog(output: Path, path: Path, schemas: dict[str, pa.Schema], carried_known: bool = True,
+                  scope: Optional[Collection[str]] = None) -> None:
     """A DuckDB catalog at ``path``: one view per table over its readable Parquet files (an empty
-    table of the schema when it has none) and ``parquet_columns``, every file's stored columns.
+    table of the schema when it has none), ``parquet_columns``, every file's stored columns, and
+    ``validated_videos``, the videos whose frame and dead-letter files are in it.
+
+    ``scope`` (video ids) limits the frame and dead-letter views, and their files' footers, to
+    those videos: what an end-of-run validation reads after a run that wrote only them. The
+    videos table is always whole (one row per video), so the whole-table rules still hold.
 
     A file whose footer cannot be read (truncated, not Parquet) is left out of its table's view,
     so every other rule still runs, and shows in ``parquet_columns`` as unreadable: the
@@ -41,6 +49,9 @@ def build_catalog(output: Path, path: Path, schemas: dict[str, pa.Schema], carri
     try:
         for table, schema in schemas.items():
             files, readable = table_files(output, table), []
+            if scope is not None and table != VIDEOS:
+                wanted = {f"{PARTITION_COLUMN}={v}" for v in scope}
+                files = [f for f in files if Path(f).parent.name in wanted]
             for file in files:               # footers only: a few KB per file whatever the table size
                 relative = os.path.relpath(file, output)
                 try:
@@ -50,12 +61,18 @@ def build_catalog(output: Path, path: Path, schemas: dict[str, pa.Schema], carri
                     rows += stored_column_rows(table, schema, relative, None, f"{type(exc).__name__}: {exc}")
             if readable:
                 glob_chars = set("*?[]{}") & set(str(output))
-                source = ("[" + ", ".join(map(sql_literal, readable)) + "]" if glob_chars or len(readable) < len(files)
+                partial = len(readable) < len(files) or (scope is not None and table != VIDEOS)
+                source = ("[" + ", ".join(map(sql_literal, readable)) + "]" if glob_chars or partial
                           else sql_literal(os.path.join(str(output / table), f"{PARTITION_COLUMN}=*", "*.parquet")))
                 con.execute(f'CREATE VIEW "{table}" AS SELECT * FROM read_parquet({source}, hive_partitioning = true, '
                             f"hive_types = {{'{PARTITION_COLUMN}': VARCHAR}}, union_by_name = true)")
             else:
                 create_empty_table(con, table, schema)
         create_parquet_columns(con, rows)
+        if scope is None:
+            con.execute(f"CREATE VIEW {SCOPE} AS SELECT DISTINCT {PARTITION_COLUMN} FROM {VIDEOS}")
+        else:
+            con.execute(f"CREATE TABLE {SCOPE} ({PARTITION_COLUMN} VARCHAR)")
+            con.executemany(f"INSERT INTO {SCOPE} VALUES (?)", [[v] for v in sorted(scope)])
     finally:
         con.close()

@@ -32,7 +32,7 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
-from typing import Optional
+from typing import Collection, Optional
 
 import pyarrow as pa
 
@@ -51,7 +51,8 @@ RESULTS_FILE = "results.json"
 DATA_DOCS_DIR = "data_docs"
 
 
-def validate_output(output_dir: str | os.PathLike, settings: Optional[ValidationConfig] = None) -> ValidationReport:
+def validate_output(output_dir: str | os.PathLike, settings: Optional[ValidationConfig] = None,
+                    scope: Optional[Collection[str]] = None) -> ValidationReport:
     """Validate an affectflow output folder; write its results and Data Docs; mark its run manifest.
 
     Contract:
@@ -64,6 +65,12 @@ def validate_output(output_dir: str | os.PathLike, settings: Optional[Validation
     * ``settings``: ``config.job.validation`` (`ValidationConfig`); None = its defaults.
       ``settings.enabled`` is for the caller (the end-of-run hook) to honour: this function
       always validates.
+    * ``scope``: None checks every file. Video ids (the end-of-run validation of a run that wrote
+      only those videos) limit the frame and dead-letter files read, and the rules that compare a
+      video's row with its frames and dead letters, to them; every video row, the key and
+      whole-table rules and the reconciliation with the manifest still read the whole videos
+      table. Files of other videos are not read: ``affectflow validate`` (scope None) is the full
+      pass. ``results.json`` records the scope.
     * Writes, replacing what an earlier validation left: ``<output>/validation/results.json``
       (verdict, findings, settings, every GX result) and ``<output>/validation/data_docs/index.html``
       (GX Data Docs, relative links: open it from the folder). Sets ``"validation": {"valid",
@@ -93,18 +100,19 @@ def validate_output(output_dir: str | os.PathLike, settings: Optional[Validation
     docs_dir.mkdir(parents=True)
     with tempfile.TemporaryDirectory(prefix="affectflow-validate-") as scratch:
         catalog = Path(scratch) / "catalog.duckdb"
-        build_catalog(output, catalog, facts.schemas(), carried_known=facts.carried is not None)
+        build_catalog(output, catalog, facts.schemas(), carried_known=facts.carried is not None, scope=scope)
         results = run_suites(catalog, Path(scratch), suites(facts, settings), settings, docs_dir, facts.run_id)
     report = verdict(output, facts.run_id, results, started, validation_dir / RESULTS_FILE, docs_dir / "index.html")
-    write_results(report, settings, results)
+    write_results(report, settings, results, "all" if scope is None else f"{len(scope)} video(s) the run wrote")
     mark_manifests(output, facts.run_id, report.manifest_entry())
     return report
 
 
-def write_results(report: ValidationReport, settings: ValidationConfig, results: dict) -> None:
+def write_results(report: ValidationReport, settings: ValidationConfig, results: dict, scope: str = "all") -> None:
     """The report and every GX result as JSON at ``report.results_path``."""
     _write_json(Path(report.results_path), {
         "output": report.output, "run_id": report.run_id, "valid": report.valid, "validated_at": report.validated_at,
+        "frames_checked_for": scope,
         "duration_s": report.duration_s, "settings": settings.model_dump(mode="json"),
         "expectations": {"evaluated": report.evaluated, "failed_critical": len(report.failed),
                          "warnings": len(report.warnings)},

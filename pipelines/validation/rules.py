@@ -19,6 +19,8 @@ from schemas.videos import dead_letter_schema, video_schema
 
 CRITICAL, WARNING = "critical", "warning"
 FRAMES, VIDEOS, DEAD_LETTERS = "frames", "videos", "dead_letters"
+# The videos whose frame and dead-letter files the catalog holds: all of them, or those a run changed.
+SCOPE = "validated_videos"
 TABLES = (FRAMES, VIDEOS, DEAD_LETTERS)
 # Columns whose values are a label of the run's model (labels) or of the broad map (broad labels).
 VIDEO_LABEL_COLUMNS = ("top1_label", "threshold_label", "threshold_candidate")

@@ -6,8 +6,8 @@ import great_expectations.expectations as gxe
 import pyarrow as pa
 
 from core.settings import ValidationConfig
-from pipelines.validation.rules import (CRITICAL, DEAD_LETTERS, FRAMES, VIDEO_BROAD_LABEL_COLUMNS, VIDEO_LABEL_COLUMNS,
-                                        VIDEOS, WARNING, RunFacts, between, columns_match, ident, in_set, lit,
+from pipelines.validation.rules import (CRITICAL, DEAD_LETTERS, FRAMES, SCOPE, VIDEO_BROAD_LABEL_COLUMNS,
+                                        VIDEO_LABEL_COLUMNS, VIDEOS, WARNING, RunFacts, between, columns_match, ident, in_set, lit,
                                         not_null, rows_rule, meta)
 from pipelines.validation.labels import label_expectations
 from schemas.columns import DEAD_LETTER_STAGES, FALLBACKS, PARTITION_COLUMN, VIDEO_STATUSES, count_column, frac_column
@@ -21,7 +21,7 @@ def _frame_counts(select: str, where: str) -> str:
                  count(*) FILTER (WHERE coalesce(face_index, 0) = 0) AS frame_rows,
                  count(*) FILTER (WHERE face_found AND face_index = 0) AS face_rows
           FROM {FRAMES} GROUP BY video_id) AS f ON v.video_id = f.video_id
-        WHERE {where}"""
+        WHERE ({where}) AND v.video_id IN (SELECT video_id FROM {SCOPE})"""
 
 
 def _manifest_counts(facts: RunFacts) -> str:
@@ -81,7 +81,7 @@ def video_expectations(facts: RunFacts, settings: ValidationConfig) -> list:
     exps.append(rows_rule(t, "count_*", "each count_<label> equals the video's face-0 frame rows with that emotion_label", f"""
         SELECT v.video_id, {pairs} FROM {{batch}} AS v LEFT JOIN (
           SELECT video_id, {counts} FROM {FRAMES} WHERE face_index = 0 GROUP BY video_id) AS f
-        ON v.video_id = f.video_id WHERE {differs}"""))
+        ON v.video_id = f.video_id WHERE ({differs}) AND v.video_id IN (SELECT video_id FROM {SCOPE})"""))
     exps.append(rows_rule(t, "status", "failed exactly when error is set; ok has faces, no_face has none", """
         SELECT video_id, status, frames_with_face, error FROM {batch}
         WHERE (status = 'failed') <> (error IS NOT NULL)
@@ -90,7 +90,7 @@ def video_expectations(facts: RunFacts, settings: ValidationConfig) -> list:
         SELECT v.video_id, v.status, coalesce(d.dead_letters, 0) AS dead_letters FROM {{batch}} AS v LEFT JOIN (
           SELECT video_id, count(*) AS dead_letters FROM {DEAD_LETTERS} GROUP BY video_id) AS d
         ON v.video_id = d.video_id
-        WHERE (v.status = 'failed') <> (coalesce(d.dead_letters, 0) > 0)"""))
+        WHERE (v.status = 'failed') <> (coalesce(d.dead_letters, 0) > 0) AND v.video_id IN (SELECT video_id FROM {SCOPE})"""))
     exps.append(rows_rule(t, "status", "run_manifest.json counts reconcile: matched = ok + no_face + failed = the table's",
                       _manifest_counts(facts)))
     exps += label_expectations(facts)
