@@ -124,7 +124,8 @@ def write_output(root: Path, n_videos: int, n_frames: int, corrupt: bool, seed: 
             row.update({c: None for c in LABEL_COLUMNS_NULLED_WHEN_FAILED})
         _write(records_table([row], videos_schema), root / "videos" / f"{PARTITION_COLUMN}={video_id}" / "part-00000.parquet")
         dead = [{PARTITION_COLUMN: video_id, "source_path": row["source_path"], "stage": "decode", "segment_index": None,
-                 "error_type": "TruncatedVideo", "error_message": "synthetic", "run_id": RUN_ID}] if failed else []
+                 "error_type": "TruncatedVideo", "error_message": "synthetic", "retryable": False,
+                 "run_id": RUN_ID}] if failed else []
         _write(records_table(dead, dead_schema), root / "dead_letters" / f"{PARTITION_COLUMN}={video_id}" / "part-00000.parquet")
     manifest = {"run_id": RUN_ID, "labels": list(LABELS), "broad_labels": list(settings.broad_labels),
                 "counts": {"matched": n_videos, "processed": n_videos, "skipped": 0, **statuses,

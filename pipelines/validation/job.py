@@ -13,8 +13,10 @@ How tables larger than memory are validated
 Every expectation runs in GX's SQL execution engine against DuckDB (SQLAlchemy +
 duckdb-engine). A throw-away DuckDB catalog holds one view per table over its Parquet files
 (``read_parquet('<output>/frames/video_id=*/*.parquet', hive_partitioning = true,
-union_by_name = true)``), so each expectation is a SQL query DuckDB streams over the files:
-no table is loaded into Python, DuckDB's memory is capped by ``validation.memory_limit``
+union_by_name = true)``), so each expectation is a SQL query DuckDB streams over the files.
+The video and dead-letter tables (a row or so per video) are copied into the catalog once
+instead: the suites query them dozens of times, and reopening a file per video per query cost
+more than the queries. No table is loaded into Python, DuckDB's memory is capped by ``validation.memory_limit``
 and the larger operators (the key GROUP BY, the timestamp window, the reconciliation joins)
 spill to a temporary folder beyond it. GX only receives aggregates and at most a few hundred
 example rows. This was preferred over handing GX pandas batches file by file because most
