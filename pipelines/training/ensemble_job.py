@@ -27,11 +27,9 @@ from core.settings import TrainConfig
 from models.landmark_ensemble import (BASE_LEARNERS, EnsembleCard, LandmarkEnsemble, evenly_spaced, frame_vectors,
                                       names_of, video_probabilities)
 from pipelines.output.manifest import manifest_feature_groups, package_versions
-from pipelines.output.state import latest_manifest
 from pipelines.training.crossval import Evaluation
-from pipelines.training.data import LabelledRun, Task, make_task, manifest_sha256
-from pipelines.training.job import (TrainRequest, check_request, labelled_run, publish, staged_dest, subject_groups,
-                                    task_folds)
+from pipelines.training.data import LabelledRun, Task, manifest_sha256
+from pipelines.training.job import TrainRequest, prepare, publish, staged_dest, task_folds
 from pipelines.training.report import render_report
 from schemas.columns import PARTITION_COLUMN
 from schemas.features import BLENDSHAPE_NAMES, GEOMETRY_MEASURES, blendshape_column
@@ -91,12 +89,8 @@ def frame_source(output: str, groups: tuple[str, ...], video_ids) -> FrameSource
 def train_ensemble(request: TrainRequest, settings: TrainConfig, command: Optional[list[str]] = None,
                    say: Callable[[str], None] = print) -> dict:
     """Carry out a landmark-ensemble ``request`` (see the module docstring); return cv.json's content."""
-    check_request(request)
     started = time.time()
-    run = labelled_run(request, say)
-    groups = subject_groups(run)
-    tasks = [make_task(name, run.labels, request.binary_map) for name in request.tasks]
-    manifest = latest_manifest(request.output)
+    run, groups, tasks, manifest = prepare(request, say)
     source = frame_source(request.output, manifest_feature_groups(manifest), run.video_ids)
     say(f"reading up to {settings.frames_per_video} frames of each of {len(run.video_ids)} videos "
         f"({len(names_of(source.columns, MESH_COLUMN))} values per frame)")

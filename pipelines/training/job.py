@@ -26,7 +26,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator, Optional, Sequence
+from typing import Callable, Iterator, NamedTuple, Optional, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -137,15 +137,27 @@ class FeatureSetData:
     usable: np.ndarray               # bool[n]: at least train.min_face_frames valid frames
 
 
+class Prepared(NamedTuple):
+    """A checked request's labelled videos, their subjects, its tasks and the run's manifest."""
+    run: LabelledRun
+    groups: np.ndarray
+    tasks: list[Task]
+    manifest: dict
+
+
+def prepare(request: TrainRequest, say: Callable[[str], None]) -> Prepared:
+    """What every training command starts from; UsageError (before any work) when it cannot be had."""
+    check_request(request)
+    run = labelled_run(request, say)
+    return Prepared(run, subject_groups(run), [make_task(name, run.labels, request.binary_map)
+                                               for name in request.tasks], latest_manifest(request.output))
+
+
 def train(request: TrainRequest, settings: TrainConfig, command: Optional[list[str]] = None,
           say: Callable[[str], None] = print) -> dict:
     """Carry out ``request`` (see the module docstring); return cv.json's content."""
-    check_request(request)
     started = time.time()
-    run = labelled_run(request, say)
-    groups = subject_groups(run)
-    tasks = [make_task(name, run.labels, request.binary_map) for name in request.tasks]
-    manifest = latest_manifest(request.output)
+    run, groups, tasks, manifest = prepare(request, say)
     with staged_dest(Path(request.dest)) as partial:
         evaluations, cards = [], []
         for feature_set in request.feature_sets:
