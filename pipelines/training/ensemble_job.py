@@ -29,7 +29,7 @@ from models.landmark_ensemble import (BASE_LEARNERS, EnsembleCard, LandmarkEnsem
 from pipelines.output.manifest import manifest_feature_groups, package_versions
 from pipelines.training.crossval import Evaluation
 from pipelines.training.data import LabelledRun, Task, manifest_sha256
-from pipelines.training.job import TrainRequest, prepare, publish, staged_dest, task_folds
+from pipelines.training.job import TrainRequest, prepare, publish, report_header, staged_dest, task_folds
 from pipelines.training.report import render_report
 from schemas.columns import PARTITION_COLUMN
 from schemas.features import BLENDSHAPE_NAMES, GEOMETRY_MEASURES, blendshape_column
@@ -117,15 +117,7 @@ def train_ensemble(request: TrainRequest, settings: TrainConfig, command: Option
                                 evaluations, partial))
             oof.append(_oof(evaluations, task))
         report = {
-            "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "command": command,
-            "model": ENSEMBLE, "output": request.output, "manifest": request.manifest,
-            "manifest_sha256": manifest_sha256(request.manifest), "run_ids": list(run.run_ids), "folds": request.folds,
-            "grouped_by": "subject_id" if run.subjects is not None else "video (--allow-no-subjects)",
-            "settings": settings.model_dump(mode="json"), "label_map": request.label_map,
-            "tasks": {t.name: {"classes": list(t.classes), "class_counts": t.class_counts(),
-                               "binary_map": dict(t.mapping)} for t in tasks},
-            "videos": {"manifest_rows": run.manifest_rows, "matched": len(run.video_ids),
-                       "left_out": {k: {"count": len(v), "examples": v[:20]} for k, v in run.left_out.items()}},
+            **report_header(request, settings, run, tasks, command), "model": ENSEMBLE,
             "frame_features": {"columns": list(source.columns), "values": len(names_of(source.columns, MESH_COLUMN))},
             "results": results,
             "models": [{"name": c.name, "folder": c.name, "card": f"{c.name}/ensemble_card.json",

@@ -293,9 +293,9 @@ def _run_label_rows(request: TrainRequest, run: LabelledRun, groups: np.ndarray,
     return rows
 
 
-def _cv_report(request: TrainRequest, settings: TrainConfig, run: LabelledRun, tasks: Sequence[Task],
-               evaluations: Sequence[Evaluation], cards: Sequence[ModelCard], started: float,
-               command: Optional[list[str]]) -> dict:
+def report_header(request: TrainRequest, settings: TrainConfig, run: LabelledRun, tasks: Sequence[Task],
+                  command: Optional[list[str]]) -> dict:
+    """cv.json's opening keys, the same for every training command: what was asked, on which data."""
     return {
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "command": command, "output": request.output, "manifest": request.manifest,
@@ -305,7 +305,14 @@ def _cv_report(request: TrainRequest, settings: TrainConfig, run: LabelledRun, t
         "tasks": {t.name: {"classes": list(t.classes), "class_counts": t.class_counts(),
                            "binary_map": dict(t.mapping)} for t in tasks},
         "videos": {"manifest_rows": run.manifest_rows, "matched": len(run.video_ids),
-                   "left_out": {k: {"count": len(v), "examples": v[:20]} for k, v in run.left_out.items()}},
+                   "left_out": {k: {"count": len(v), "examples": v[:20]} for k, v in run.left_out.items()}}}
+
+
+def _cv_report(request: TrainRequest, settings: TrainConfig, run: LabelledRun, tasks: Sequence[Task],
+               evaluations: Sequence[Evaluation], cards: Sequence[ModelCard], started: float,
+               command: Optional[list[str]]) -> dict:
+    return {
+        **report_header(request, settings, run, tasks, command),
         "results": [{"name": e.name, "method": e.method, "feature_set": e.feature_set, "task": e.task,
                      "videos": len(e.true), "seconds": round(e.seconds, 2), "note": e.note,
                      "histories": e.histories, **e.metrics()} for e in evaluations],
