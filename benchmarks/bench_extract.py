@@ -17,8 +17,12 @@ it measures, in one run:
      one warm-up run per config first (TensorFlow import, model load), excluded; median of repeats;
      also with landmarks + geometry on ("direct+features") and with the emotion network's
      embedding on ("direct+embedding": the two-output model, one forward pass);
+     validation off in every timed run (its import and suites are not pipeline throughput); the
+     CPU per frame of each run (``time.process_time``, every thread of this process);
   d) ratios pipeline / naive (target >= 10) and pipeline / decode-only (target >= 0.25); the
      feature variants over emotion-only (landmarks + geometry: target >= 0.5; embedding: reported);
+     for blendshapes, the face landmarker's networks alone per face (one thread) and the bound they
+     set on that ratio when the cores are busy: emotion-only CPU / (that + the networks' CPU);
   e) peak RSS of the pipeline in a fresh subprocess per measurement, on the video and on the
      video concatenated 10x (ffmpeg from imageio-ffmpeg, concat demuxer, ``-c copy``). Figures:
      the sum over the run's processes (main + multi-process workers, found with psutil) of each
@@ -160,10 +164,12 @@ def run_pipeline(config_path: str | None, video: str, work: Path, sets: list[str
     from pipelines.extract import execute
     out = Path(tempfile.mkdtemp(prefix="out-", dir=work))
     try:
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
+        # Validation off: its Great Expectations import and suites are not the pipeline's throughput,
+        # and would blur the CPU per frame (time.process_time: every thread of this process).
         manifest = execute(load_config(config_path, {"input": video, "output": str(out)},
-                                       ["progress=false", *sets]))
-        wall = time.perf_counter() - start
+                                       ["progress=false", "validation.enabled=false", *sets]))
+        wall, cpu = time.perf_counter() - start, time.process_time() - cpu
         counts, timings = manifest["counts"], manifest["timings_s"]
         if counts.get("failed"):
             raise RuntimeError(f"pipeline run failed a video: {counts}; dead letters: {_dead_letters(out)}")
@@ -172,6 +178,7 @@ def run_pipeline(config_path: str | None, video: str, work: Path, sets: list[str
     frames = counts["frames_decoded"]
     return {"frames": frames, "frames_with_face": counts["frames_with_face"],
             "pipeline_s": timings["pipeline"], "total_s": timings["total"], "wall_s": round(wall, 3),
+            "cpu_ms_per_frame": 1000 * cpu / max(frames, 1),
             "fps_pipeline": frames / max(timings["pipeline"], 1e-9),
             "fps_total": frames / max(timings["total"], 1e-9)}
 
@@ -216,7 +223,40 @@ def bench_pipeline(label: str, config_path: str | None, video: str, work: Path, 
             "median_pipeline_s": median([r["pipeline_s"] for r in runs]),
             "median_total_s": median([r["total_s"] for r in runs]),
             "median_fps_pipeline": median([r["fps_pipeline"] for r in runs]),
-            "median_fps_total": median([r["fps_total"] for r in runs])}
+            "median_fps_total": median([r["fps_total"] for r in runs]),
+            "median_cpu_ms_per_frame": median([r["cpu_ms_per_frame"] for r in runs])}
+
+
+def mesh_costs(video: str, faces: int = 100, repeats: int = 3) -> dict:
+    """CPU per face of the face landmarker's two networks alone, on the video's first ``faces`` faces
+    (BlazeFace boxes): the 478-point mesh (crop + network + map back) and the blendshape network.
+    Medians of ``repeats`` passes, ms. Not a multi-process figure: the one-thread cost the pipeline
+    pays per face whatever else it does."""
+    import cv2
+    from models.face_detectors import build_detector
+    from models.face_landmarker import FaceLandmarker, roi_from_box
+    from models.registry import resolve
+    detector = build_detector(resolve("blazeface_short"))
+    landmarker = FaceLandmarker(resolve("face_landmarker").paths["weights"], resolve("face_blendshapes").paths["weights"])
+    cap, found = cv2.VideoCapture(video), []
+    while len(found) < faces:
+        ok, frame = cap.read()
+        if not ok:
+            break
+        detections = detector.detect(frame)
+        if len(detections):
+            found.append((frame, roi_from_box(detections.roi_box(0), detections.eyes(0))))
+    cap.release()
+    mesh, shapes = [], []
+    for _ in range(repeats):
+        start = time.process_time()
+        points = [landmarker.landmarks(frame, roi)[0] for frame, roi in found]
+        mesh.append(1000 * (time.process_time() - start) / max(len(found), 1))
+        start = time.process_time()
+        for p in points:
+            landmarker.blendshapes(p)
+        shapes.append(1000 * (time.process_time() - start) / max(len(found), 1))
+    return {"faces": len(found), "mesh_ms": median(mesh), "blendshapes_ms": median(shapes)}
 
 
 # --- e) peak RSS in a subprocess -----------------------------------------------------------------
@@ -487,6 +527,20 @@ def main(argv=None) -> int:
             results["ratios"]["blendshapes_vs_emotion_only"] = {"ratio": share, "pass": share >= TARGET_BLENDSHAPES}
             say(f"  [direct+blendshapes] blendshapes on / emotion-only = {share:.3f}   "
                 f"(target >= {TARGET_BLENDSHAPES:g})   {verdict(share >= TARGET_BLENDSHAPES)}")
+            # Where the ratio is bounded: when the cores are busy, throughput goes as 1 / CPU per frame.
+            costs = mesh_costs(video)
+            emotion_cpu = results["pipeline"]["direct"]["median_cpu_ms_per_frame"]
+            shapes_cpu = results["pipeline"]["direct+blendshapes"]["median_cpu_ms_per_frame"]
+            networks = costs["mesh_ms"] + costs["blendshapes_ms"]
+            bound = emotion_cpu / (emotion_cpu + networks)
+            results["ratios"]["blendshapes_vs_emotion_only"].update(
+                cpu_ms_per_frame_emotion_only=emotion_cpu, cpu_ms_per_frame_blendshapes=shapes_cpu,
+                networks_ms_per_face=networks, bound_cpu=bound, **costs)
+            say(f"  [direct+blendshapes] CPU per frame: emotion-only {emotion_cpu:.2f} ms, blendshapes on "
+                f"{shapes_cpu:.2f} ms; the landmarker's networks alone, one thread: mesh {costs['mesh_ms']:.2f} ms + "
+                f"blendshapes {costs['blendshapes_ms']:.2f} ms a face ({costs['faces']} faces)")
+            say(f"  [direct+blendshapes] with the cores busy the ratio cannot exceed {emotion_cpu:.2f} / "
+                f"({emotion_cpu:.2f} + {networks:.2f}) = {bound:.3f} while every face runs the mesh network")
 
         # e) RSS
         say(f"\n(e) peak RSS, one fresh subprocess per measurement, 1x video vs {CONCAT_TIMES}x concatenated")

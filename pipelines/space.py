@@ -50,7 +50,7 @@ from pipelines.output.state import latest_manifest
 from pipelines.predict import PREDICT_MANIFEST, VideoSource, kept_predictions, predictions_table, video_sources
 from pipelines.training.data import make_task, manifest_sha256
 from pipelines.training.ensemble_job import FrameSource, VideoFrames
-from pipelines.training.job import TrainRequest, labelled_run, subject_groups
+from pipelines.training.job import TrainRequest, labelled_run, replace_folder, staged_dest, subject_groups
 from schemas.columns import PARTITION_COLUMN
 from schemas.predictions import MODEL_PARTITION, SPACE_AXES, SPACE_TASK, space_prediction_file_schema
 from transforms.classify import write_prediction_rows
@@ -160,13 +160,11 @@ def fit_space(request: SpaceRequest, settings: SpaceConfig, command: Optional[li
                   "command": command, "fitted_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
                   "seconds": round(time.time() - started, 2)},
         clusters=composition, versions=package_versions())
-    partial = dest.parent / f".{dest.name}.partial"
-    shutil.rmtree(partial, ignore_errors=True)
-    shutil.copytree(folder, partial / ENSEMBLE_DIR)
-    card = space.save(partial, card)
-    (partial / SPACE_REPORT).write_text(space_page(space, codes, card))
-    shutil.rmtree(dest, ignore_errors=True)
-    os.replace(partial, dest)
+    with staged_dest(dest) as partial:          # removed if writing fails; an older space stays until the end
+        shutil.copytree(folder, partial / ENSEMBLE_DIR)
+        card = space.save(partial, card)
+        (partial / SPACE_REPORT).write_text(space_page(space, codes, card))
+    replace_folder(partial, dest)
     return card
 
 

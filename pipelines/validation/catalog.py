@@ -14,8 +14,6 @@ from pipelines.validation.stored import PARQUET_COLUMNS, stored_column_rows
 from schemas.columns import PARTITION_COLUMN
 
 
-
-
 def create_empty_table(con, name: str, schema: pa.Schema) -> None:
     """A table ``name`` with ``schema``'s columns and no rows (a table with no files yet)."""
     con.register("empty_table", schema.empty_table())
@@ -49,6 +47,9 @@ def build_catalog(output: Path, path: Path, schemas: dict[str, pa.Schema], carri
     rows = []
     con = duckdb.connect(str(path))
     try:
+        # One thread: reading a file per video into the tables with two threads cost 0.55 MB of peak
+        # memory per file (110 MB for 200 videos) against 0.2 MB with one, and was no faster.
+        con.execute("SET threads = 1")
         for table, schema in schemas.items():
             files, readable = table_files(output, table), []
             if scope is not None and table != VIDEOS:
