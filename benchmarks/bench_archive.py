@@ -87,16 +87,18 @@ def archive_of(clip: Path, folder: Path, copies: int) -> Path:
 
 
 def joined_clip(clip: Path, folder: Path, copies: int) -> Path:
-    """A folder with one video: ``copies`` times ``clip`` one after another (concat demuxer, stream copy)."""
-    target = folder / f"joined_{copies}.mp4"
+    """A folder with one video: ``copies`` times ``clip`` one after another (bench_extract's concat_video:
+    FFmpeg's concat demuxer, stream copy)."""
+    from bench_extract import concat_video
+    target = folder / f"{clip.stem}_x{copies}{clip.suffix}"
     if target.is_file():
         return folder
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
-    listing = folder.parent / f"{folder.name}.txt"
-    listing.write_text("".join(f"file '{clip.resolve()}'\n" for _ in range(copies)))
-    subprocess.run([ffmpeg(), "-v", "error", "-y", "-f", "concat", "-safe", "0", "-i", str(listing), "-c", "copy",
-                    str(target)], check=True)
+    joined, why = concat_video(str(clip), copies, folder.parent)      # written beside the folder, then moved in
+    if joined is None:
+        raise RuntimeError(why)
+    os.replace(joined, target)
     return folder
 
 
