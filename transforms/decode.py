@@ -143,7 +143,7 @@ def is_sampled(frame_index: int, fps: float, sample_fps: Optional[float]) -> boo
     return math.floor(frame_index * ratio + 1e-9) != math.floor((frame_index - 1) * ratio + 1e-9)
 
 
-def _open(local_path: str, threads: int = 0) -> cv2.VideoCapture:
+def _open(local_path: str, threads: int) -> cv2.VideoCapture:
     """An FFmpeg capture decoding with ``threads`` threads (0: FFmpeg's choice, one per core)."""
     return cv2.VideoCapture(local_path, cv2.CAP_FFMPEG, [cv2.CAP_PROP_N_THREADS, threads])
 

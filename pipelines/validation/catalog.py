@@ -72,8 +72,9 @@ def build_catalog(output: Path, path: Path, schemas: dict[str, pa.Schema], carri
                 # query was most of the validation time. Frames stay a view DuckDB streams within its memory
                 # limit: copying them would make memory grow with the archive.
                 kind = "VIEW" if table == FRAMES else "TABLE"
-                con.execute(f'CREATE {kind} "{table}" AS SELECT * FROM read_parquet({source}, hive_partitioning = true, '
-                            f"hive_types = {{'{PARTITION_COLUMN}': VARCHAR}}, union_by_name = true)")
+                con.execute(f'CREATE {kind} "{table}" AS SELECT * FROM read_parquet({source}, '
+                            f"hive_partitioning = true, hive_types = {{'{PARTITION_COLUMN}': VARCHAR}}, "
+                            "union_by_name = true)")
             else:
                 create_empty_table(con, table, schema)
         create_parquet_columns(con, rows)

@@ -16,8 +16,8 @@ duckdb-engine). A throw-away DuckDB catalog holds one view per table over its Pa
 union_by_name = true)``), so each expectation is a SQL query DuckDB streams over the files.
 The video and dead-letter tables (a row or so per video) are copied into the catalog once
 instead: the suites query them dozens of times, and reopening a file per video per query cost
-more than the queries. No table is loaded into Python, DuckDB's memory is capped by ``validation.memory_limit``
-and the larger operators (the key GROUP BY, the timestamp window, the reconciliation joins)
+more than the queries. No table is loaded into Python, DuckDB's memory is capped by
+``validation.memory_limit`` and the larger operators (the key GROUP BY, the timestamp window, the reconciliation joins)
 spill to a temporary folder beyond it. GX only receives aggregates and at most a few hundred
 example rows. This was preferred over handing GX pandas batches file by file because most
 rules span files (keys, per-video frame counts, table-to-table and manifest reconciliation)
