@@ -48,6 +48,10 @@ CROP_SIZE = 64
 # took about 86 ms of CPU and 64 took 114-125 ms: small batches stay in cache, and the last one
 # pads fewer rows.
 TFLITE_BATCH = 16
+# A last part of up to this many rows runs one row at a time instead of padded to TFLITE_BATCH: one row
+# costs about 0.56 ms of CPU against 0.49 ms a row in a full batch (2 threads), so up to 13 rows one by one
+# cost less than one padded batch of 16 (a 72-frame clip's last 8 crops: about 4.5 against 7.8 ms).
+TAIL_ONE_BY_ONE = 12
 RUNTIMES = ("tflite", "keras")
 
 
@@ -117,7 +121,9 @@ class TFLiteClassifier:
     """The same network compiled to TF Lite: no per-run load-and-trace cost (about 0.3 s on the
     Keras path) and about twice the throughput on two threads (measured in benchmarks/).
 
-    Inputs are padded to a fixed batch so the interpreter never reallocates. An interpreter
+    Inputs are padded to a fixed batch so the interpreter never reallocates; a call's last part of
+    at most ``TAIL_ONE_BY_ONE`` rows runs row by row on a second interpreter allocated for one row
+    (a short video's last batch would otherwise mostly compute padding). An interpreter
     is not thread-safe and RunInference shares one model between a process's threads, so
     calls are serialised; each call itself uses ``num_threads`` cores.
 
@@ -146,6 +152,11 @@ class TFLiteClassifier:
         self._batch = batch
         self._interpreter.resize_tensor_input(self._input_index, [batch, *self._input_shape])
         self._interpreter.allocate_tensors()
+        self._single = None
+        if batch > 1:
+            self._single = interpreter(path, num_threads)
+            self._single.resize_tensor_input(self._input_index, [1, *self._input_shape])
+            self._single.allocate_tensors()
         self.n_outputs = int(prob["shape"][-1])
         self.embedding_dim = int(emb["shape"][-1]) if emb is not None else 0
         self._lock = threading.Lock()
@@ -157,14 +168,24 @@ class TFLiteClassifier:
         with self._lock:
             for start in range(0, len(x), self._batch):
                 part = x[start:start + self._batch]
+                if self._single is not None and len(part) < self._batch and len(part) <= TAIL_ONE_BY_ONE:
+                    for row in range(start, start + len(part)):
+                        self._invoke(self._single, x[row:row + 1], slice(row, row + 1), out, emb)
+                    continue
                 padded = np.zeros((self._batch, *self._input_shape), np.float32)
                 padded[:len(part)] = part
-                self._interpreter.set_tensor(self._input_index, padded)
-                self._interpreter.invoke()
-                out[start:start + len(part)] = self._interpreter.get_tensor(self._output_index)[:len(part)]
-                if emb is not None:
-                    emb[start:start + len(part)] = self._interpreter.get_tensor(self._embedding_index)[:len(part)]
+                self._invoke(self._interpreter, padded, slice(start, start + len(part)), out, emb)
         return out, emb
+
+    def _invoke(self, runner, inputs: np.ndarray, rows: slice, out: np.ndarray, emb: Optional[np.ndarray]) -> None:
+        """Run ``runner`` on ``inputs`` (shaped to its allocated batch); its first results go to ``out[rows]``
+        (and ``emb[rows]``)."""
+        runner.set_tensor(self._input_index, inputs)
+        runner.invoke()
+        n = rows.stop - rows.start
+        out[rows] = runner.get_tensor(self._output_index)[:n]
+        if emb is not None:
+            emb[rows] = runner.get_tensor(self._embedding_index)[:n]
 
     def predict(self, x: np.ndarray) -> np.ndarray:
         return self.predict_all(x)[0]

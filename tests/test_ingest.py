@@ -22,6 +22,7 @@ from pipelines.config import load_config
 from pipelines.ingest.job import EMFACS_MODEL, execute_ingest
 from models.emfacs import emfacs_probabilities
 from pipelines.ingest.frames import frame_rows, label_index
+from transforms.parquet import PLAIN_MAX_ROWS
 from pipelines.ingest.pyfeat import pyfeat_rows
 from pipelines.output.layout import read_table
 from pipelines.reaggregate import reaggregate
@@ -246,7 +247,9 @@ def test_openface_output_layout_and_schema(openface_out):
     assert f"videos/video_id={vid}/part-00000.parquet" in files
     assert not (output / "_staging").exists()
     stored = pq.ParquetFile(output / f"frames/video_id={vid}/part-00000-00000.parquet")
-    assert stored.metadata.row_group(0).column(0).compression == "ZSTD"
+    # zstd, except a file of a few rows (nothing to compress): this tool output has 4 frames.
+    assert stored.metadata.num_rows <= PLAIN_MAX_ROWS
+    assert stored.metadata.row_group(0).column(0).compression == "UNCOMPRESSED"
     assert stored.schema_arrow.names == frame_schema(FER2013_LABELS, ["openface"]).names[1:]   # video_id in the path
     assert feature_set_columns("appearance", ["openface"]) == [f"au{au}_r" for au in OPENFACE_INTENSITY_AUS]
 

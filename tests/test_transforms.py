@@ -152,6 +152,21 @@ def test_probe_videos_reads_container_and_dead_letters_bad_files(single_face, tm
     assert counter(result, "failed_probes") == 2
 
 
+def test_probe_reads_the_displayed_frame_size_from_headers(single_face, tmp_path):
+    """The probe decodes no frame: its size comes from the headers, rotated as OpenCV rotates the frames
+    (a phone video stored 640x360 with a 90 degree display matrix decodes to 360x640)."""
+    import subprocess
+    import imageio_ffmpeg
+    rotated = tmp_path / "rotated.mp4"
+    subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-v", "error", "-display_rotation", "90", "-i", str(single_face),
+                    "-c", "copy", str(rotated)], check=True)
+    for path in (single_face, rotated):
+        c = probe_container(str(path))
+        first = next(f for f in iter_frames(str(path)) if f.image is not None)
+        assert (c.height, c.width) == first.image.shape[:2]
+    assert (probe_container(str(rotated)).width, probe_container(str(rotated)).height) == (360, 640)
+
+
 def test_probe_videos_plans_segments(wolfgang):
     # 472 frames at 23.976 fps; 5 s segments are at most round(119.88) = 120 frames -> 4 equal units of 118.
     with local_pipeline() as p:

@@ -73,27 +73,27 @@ def _fourcc(value: float) -> str:
 
 
 def probe_container(local_path: str) -> ContainerInfo:
-    """Open the container, decode its first frame, and read its stream properties.
+    """Open the container and read its stream properties from its headers.
 
-    Raises DecodeError for an empty file, a file that is not a video, or a video whose
-    first frame does not decode.
+    Raises DecodeError for an empty file, a file that is not a video, or a container without a
+    frame size or frame rate. No frame is decoded here: the first frame's decode and colour
+    conversion cost 5-7 ms of CPU (decoder and converter start-up), paid again by the decode stage
+    (`iter_frames`), which raises DecodeError for a file whose first frame does not decode. The
+    frame size is the displayed one (OpenCV applies the stream's rotation to frames and sizes alike).
     """
     if os.path.getsize(local_path) == 0:
         raise DecodeError("file is empty (0 bytes)")
-    # One decoding thread: FFmpeg's per-core frame threads cost 2-3 ms of CPU to start for the one
-    # frame read here (5.8-7.6 against 8.6-8.9 ms a probe on the 72-frame sample clip).
     cap = _open(local_path, 1)
     try:
         if not cap.isOpened():
             raise DecodeError("not a readable video container (OpenCV/FFmpeg could not open it)")
-        ok, frame = cap.read()
-        if not ok or frame is None:
-            raise DecodeError("container opened but no video frame could be decoded")
+        width, height = int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT))
+        if width <= 0 or height <= 0:
+            raise DecodeError(f"container reports no frame size ({width}x{height})")
         fps = cap.get(cv2.CAP_PROP_FPS)
         if not math.isfinite(fps) or fps <= 0:
             raise DecodeError(f"container reports no usable frame rate ({fps})")
-        return ContainerInfo(codec=_fourcc(cap.get(cv2.CAP_PROP_FOURCC)), width=frame.shape[1],
-                             height=frame.shape[0], fps=float(fps),
+        return ContainerInfo(codec=_fourcc(cap.get(cv2.CAP_PROP_FOURCC)), width=width, height=height, fps=float(fps),
                              frame_count_header=max(int(cap.get(cv2.CAP_PROP_FRAME_COUNT)), 0))
     finally:
         cap.release()
@@ -182,6 +182,8 @@ def iter_frames(local_path: str, start_frame: int = 0, end_frame: Optional[int] 
                 index = start_frame
         while end_frame is None or index < end_frame:
             if not cap.grab():
+                if index == 0:          # the probe reads headers only: this is where an undecodable file shows
+                    raise DecodeError("container opened but no video frame could be decoded")
                 break
             if index >= start_frame:
                 timestamp = cap.get(cv2.CAP_PROP_POS_MSEC) / 1000.0

@@ -63,7 +63,7 @@ def build_parser(description: str) -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="extract frame, video and dead-letter Parquet from videos",
                          description="Decode every matched video, find faces, score 7 emotions per frame, "
                                      "label each video with the Top-1 and threshold methods, and write "
-                                     "frames/, videos/, dead_letters/ (zstd Parquet, Hive-partitioned by "
+                                     "frames/, videos/, dead_letters/ (Parquet, Hive-partitioned by "
                                      "video_id) and run_manifest.json into OUTPUT. Videos whose bytes, models "
                                      "and settings are unchanged since their row was written are skipped. At the "
                                      "end the output is validated (validation.*; --set validation.enabled=false "

@@ -3,7 +3,7 @@
 Labs that already ran OpenFace 2.0 (FeatureExtraction / FaceLandmarkVidMulti) or py-feat over
 their videos have one CSV per video. This maps each CSV to the frame rows, video row and dead
 letters `affectflow run` would have written, in the same layout (``frames/``, ``videos/``,
-``dead_letters/``, zstd Parquet, Hive-partitioned by video_id, committed from a staging folder
+``dead_letters/``, Parquet, Hive-partitioned by video_id, committed from a staging folder
 by the run skeleton, pipelines.runs) plus ``run_manifest.json``, so ``affectflow aggregate``,
 ``validate`` and ``calibrate`` work on the result unchanged.
 
