@@ -141,7 +141,8 @@ def per_video_overhead(clips: Path, joined: Path, out: Path, copies: int, rounds
         if a["frames"] != b["frames"]:
             print(f"WARNING: the joined video decoded {b['frames']} frames, the clips {a['frames']}")
         values.append((a["cpu_s"] - b["cpu_s"]) / (copies - 1) * 1000)
-        print(f"  pair: {copies} clips {a['cpu_s']:.1f} s of CPU, joined {b['cpu_s']:.1f} s: {values[-1]:.1f} ms a video")
+        print(f"  pair: {copies} clips {a['cpu_s']:.1f} s of CPU, joined {b['cpu_s']:.1f} s: "
+              f"{values[-1]:.1f} ms a video")
     return values
 
 
@@ -175,7 +176,8 @@ def whole_run(folder: Path, output: Path, *sets: str, fresh: bool = True) -> dic
     validated = json.loads(results.read_text()) if results.is_file() else {}
     return {"wall_s": round(wall, 2), "cpu_s": round(float(cpu), 2), "peak_rss_mib": round(int(rss) / 1024),
             "frames": manifest["counts"]["frames_decoded"], "processed": manifest["counts"]["processed"],
-            "timings_s": manifest["timings_s"], "first_frame_s": round(float(first_frame[0]) - launched, 2) if first_frame else None,
+            "timings_s": manifest["timings_s"],
+            "first_frame_s": round(float(first_frame[0]) - launched, 2) if first_frame else None,
             "validation_s": validated.get("duration_s") if validated.get("run_id") == manifest["run_id"] else 0.0}
 
 

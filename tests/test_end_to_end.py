@@ -72,7 +72,8 @@ def test_failures_are_dead_letters_with_clear_errors(mixed_run):
     assert stage_type["truncated.mp4"][:2] == ("decode", "TruncatedVideo")
     assert "of the 472 frames" in stage_type["truncated.mp4"][2]
     # The container opens (the probe reads headers only); its first frame does not decode.
-    assert stage_type["garbled.mp4"] == ("decode", "DecodeError", "container opened but no video frame could be decoded")
+    assert stage_type["garbled.mp4"] == ("decode", "DecodeError",
+                                         "container opened but no video frame could be decoded")
     truncated = videos.loc[by_file["truncated.mp4"]]
     assert truncated["top1_label"] is None and truncated["threshold_label"] is None
     assert 100 < truncated["frames_decoded"] < 472 * 0.9      # the decodable part was kept
