@@ -37,7 +37,7 @@ from pipelines.inputs import default_root
 from pipelines.output.commit import commit_staging, recover_commits, staged_tables
 from pipelines.output.layout import STAGING, TABLES, output_video_ids, read_table
 from pipelines.output.lock import OutputLock
-from pipelines.output.manifest import new_run_id, run_manifest, summarise_videos, write_manifest
+from pipelines.output.manifest import SUMMARY_COLUMNS, new_run_id, run_manifest, summarise_videos, write_manifest
 from pipelines.output.rows import rewrite_kept_rows
 from pipelines.output.schema import added_columns, carried_columns, check_outputs_schema, union_carried
 from pipelines.output.state import OutputState, deleted_inputs, latest_manifest, read_state, read_video_rows
@@ -201,8 +201,8 @@ class OutputRun:
         pruned = gone if self.prune else []
         replace = {v: TABLES for v in staged} | {v: ("videos",) for v in rewritten} | {v: TABLES for v in pruned}
         commit_staging(plan.staging_root, self.output, replace)
-        summary = summarise_videos(read_table(self.output, "videos", sorted(matched)), len(plan.inputs), self.run_id,
-                                   rewritten)
+        summary = summarise_videos(read_table(self.output, "videos", sorted(matched), list(SUMMARY_COLUMNS)),
+                                   len(plan.inputs), self.run_id, rewritten)
         summary.update(rows_written=summary["processed"] + len(rewritten), pruned=len(pruned),
                        deleted_inputs=len(gone) - len(pruned))
         manifest = run_manifest(
