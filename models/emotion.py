@@ -49,8 +49,9 @@ CROP_SIZE = 64
 # pads fewer rows.
 TFLITE_BATCH = 16
 # A last part of up to this many rows runs one row at a time instead of padded to TFLITE_BATCH: one row
-# costs about 0.56 ms of CPU against 0.49 ms a row in a full batch (2 threads), so up to 13 rows one by one
-# cost less than one padded batch of 16 (a 72-frame clip's last 8 crops: about 4.5 against 7.8 ms).
+# costs about 0.56 ms of CPU against 0.49 ms a row in a full batch (2 threads), so 13 rows one by one cost
+# about what one padded batch of 16 does (7.3 against 7.8 ms); 12 keeps a margin. A 72-frame clip's last
+# 8 crops: about 4.5 against 7.8 ms.
 TAIL_ONE_BY_ONE = 12
 RUNTIMES = ("tflite", "keras")
 

@@ -83,7 +83,7 @@ def probe_container(local_path: str) -> ContainerInfo:
     """
     if os.path.getsize(local_path) == 0:
         raise DecodeError("file is empty (0 bytes)")
-    cap = _open(local_path, 1)
+    cap = _open(local_path, 1)                  # nothing is decoded: no frame threads to start
     try:
         if not cap.isOpened():
             raise DecodeError("not a readable video container (OpenCV/FFmpeg could not open it)")
