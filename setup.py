@@ -42,5 +42,5 @@ setup(
     extras_require={
         "test": ["pytest>=8,<10", "imageio-ffmpeg==0.8.1"],
     },
-    entry_points={"console_scripts": ["affectflow=pipelines.cli:main"]},
+    entry_points={"console_scripts": ["affectflow=pipelines.cli:command"]},
 )

@@ -68,8 +68,8 @@ def noted(*args, _iter_frames=decode.iter_frames, **kwargs):
             first_frame.append(time.time())
         yield frame
 decode.iter_frames = noted
-from pipelines.cli import main
-code = main(sys.argv[1:])
+from pipelines.cli import command
+code = command(sys.argv[1:])
 r, c = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
 print("BENCH", r.ru_utime + r.ru_stime + c.ru_utime + c.ru_stime, max(r.ru_maxrss, c.ru_maxrss), *first_frame[:1])
 sys.exit(code)

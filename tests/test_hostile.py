@@ -296,6 +296,22 @@ def test_version():
     assert result.returncode == 0 and result.stdout.startswith("affectflow ")
 
 
+def test_the_command_exits_with_mains_code_and_skips_the_final_collection(tmp_path):
+    """The console script (and python -m pipelines.cli) is `command`: main's exit code, its messages
+    flushed, and the live objects frozen so the interpreter's exit does not traverse them."""
+    from importlib.metadata import entry_points
+    (script,) = [e for e in entry_points(group="console_scripts") if e.name == "affectflow"]
+    assert script.value == "pipelines.cli:command"
+    code = ("import gc, sys; from pipelines.cli import command; code = command(sys.argv[1:]); "
+            "print('frozen', gc.get_freeze_count() > 1000); sys.exit(code)")
+    result = subprocess.run([sys.executable, "-c", code, "validate", str(tmp_path)], capture_output=True, text=True)
+    assert result.returncode == 2
+    assert "is not an affectflow output" in result.stderr and "frozen True" in result.stdout
+    module = subprocess.run([sys.executable, "-m", "pipelines.cli", "validate", str(tmp_path)], capture_output=True,
+                            text=True)
+    assert module.returncode == 2 and "is not an affectflow output" in module.stderr
+
+
 def test_a_failure_while_building_a_row_is_that_videos_dead_letter(archive, tmp_path, monkeypatch):
     import transforms.videos as videos
     real = videos.build_video_row

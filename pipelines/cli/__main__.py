@@ -1,6 +1,6 @@
 """`python -m pipelines.cli ...` is the `affectflow` command."""
 import sys
 
-from pipelines.cli import main
+from pipelines.cli import command
 
-sys.exit(main())
+sys.exit(command())

@@ -12,7 +12,7 @@ import argparse
 import sys
 from typing import Optional
 
-from pipelines.cli import main
+from pipelines.cli import command, main
 from pipelines.cli.parser import add_run_arguments
 
 
@@ -33,9 +33,10 @@ def as_run_arguments(argv: list[str]) -> list[str]:
     return args
 
 
-def run(argv: Optional[list[str]] = None) -> int:
-    return main(["run", *as_run_arguments(sys.argv[1:] if argv is None else argv)])
+def run(argv: Optional[list[str]] = None, entry=main) -> int:
+    """``affectflow run`` with ``argv`` (default: the process's own) translated by as_run_arguments."""
+    return entry(["run", *as_run_arguments(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":
-    raise SystemExit(run())
+    raise SystemExit(run(entry=command))
