@@ -278,7 +278,8 @@ def _localise(path: str) -> str:
     target = cache_home() / "remote" / hashlib.sha1(path.encode()).hexdigest()[:16] / Path(path).name
     if not target.is_file():
         target.parent.mkdir(parents=True, exist_ok=True)
-        partial = target.with_name(target.name + ".partial")
+        # Per process: Beam's workers on one machine may copy the same model at once.
+        partial = target.with_name(target.name + f".{os.getpid()}.partial")
         with FileSystems.open(path) as src, open(partial, "wb") as dst:
             while block := src.read(1 << 20):
                 dst.write(block)

