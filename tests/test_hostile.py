@@ -304,10 +304,12 @@ def test_the_command_exits_with_mains_code_and_skips_the_final_collection(tmp_pa
     assert script.value == "pipelines.cli:command"
     code = ("import gc, sys; from pipelines.cli import command; code = command(sys.argv[1:]); "
             "print('frozen', gc.get_freeze_count() > 1000); sys.exit(code)")
-    result = subprocess.run([sys.executable, "-c", code, "validate", str(tmp_path)], capture_output=True, text=True)
+    typo = tmp_path / "typo"
+    result = subprocess.run([sys.executable, "-c", code, "validate", str(typo)], capture_output=True, text=True)
     assert result.returncode == 2
     assert "is not an affectflow output" in result.stderr and "frozen True" in result.stdout
-    module = subprocess.run([sys.executable, "-m", "pipelines.cli", "validate", str(tmp_path)], capture_output=True,
+    assert not typo.exists()                # validate neither creates nor locks a folder that is no output
+    module = subprocess.run([sys.executable, "-m", "pipelines.cli", "validate", str(typo)], capture_output=True,
                             text=True)
     assert module.returncode == 2 and "is not an affectflow output" in module.stderr
 

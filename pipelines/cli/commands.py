@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from pipelines.cli.summary import EXIT_INVALID, EXIT_OK, EXIT_VIDEOS_FAILED, print_summary, run_exit_code
 
@@ -230,11 +231,12 @@ def samples(args: argparse.Namespace) -> int:
 def validate(args: argparse.Namespace) -> int:
     from pipelines.output.lock import OutputLock
     from pipelines.output.manifest import new_run_id
-    from pipelines.validation.job import validate_output
+    from pipelines.validation.job import read_output_manifest, validate_output
     settings = _config(args).job.validation
-    from pipelines.validation.predictions import predicted_models, validate_predictions
+    read_output_manifest(Path(args.output))     # no output there: say so before the lock creates the folder
     with OutputLock(args.output, f"validate-{new_run_id()}", " ".join(sys.argv), args.wait):
         reports = [validate_output(args.output, settings)]
+        from pipelines.validation.predictions import predicted_models, validate_predictions
         reports += [validate_predictions(args.output, model, settings) for model in predicted_models(args.output)]
     for report in reports:
         print(report.summary())

@@ -34,7 +34,7 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
-from typing import Collection, Optional
+from typing import TYPE_CHECKING, Collection, Optional
 
 import pyarrow as pa
 
@@ -42,11 +42,10 @@ from core.errors import UsageError
 from core.settings import ValidationConfig
 from pipelines.output.layout import MANIFEST_FILE
 from pipelines.output.manifest import manifest_feature_groups
-from pipelines.validation.catalog import build_catalog
-from pipelines.validation.engine import run_suites
 from pipelines.validation.report import ValidationReport, finding
-from pipelines.validation.rules import RunFacts
-from pipelines.validation.suites import suites
+
+if TYPE_CHECKING:
+    from pipelines.validation.rules import RunFacts
 
 VALIDATION_DIR = "validation"
 RESULTS_FILE = "results.json"
@@ -95,7 +94,12 @@ def validate_output(output_dir: str | os.PathLike, settings: Optional[Validation
     started = time.time()
     settings = settings or ValidationConfig()
     output = Path(output_dir).resolve()
-    facts = run_facts(read_output_manifest(output))
+    manifest = read_output_manifest(output)
+    # Great Expectations (about 3 s to import) only once the folder is known to be an output.
+    from pipelines.validation.catalog import build_catalog
+    from pipelines.validation.engine import run_suites
+    from pipelines.validation.suites import suites
+    facts = run_facts(manifest)
     validation_dir = output / VALIDATION_DIR
     docs_dir = validation_dir / DATA_DOCS_DIR
     shutil.rmtree(docs_dir, ignore_errors=True)
@@ -126,6 +130,7 @@ def write_results(report: ValidationReport, settings: ValidationConfig, results:
 def run_facts(manifest: dict) -> RunFacts:
     """What the suites need from a run manifest: label sets, counts, the frame feature groups, the
     aggregate settings and the carried columns (the last two absent from older manifests)."""
+    from pipelines.validation.rules import RunFacts
     aggregate = ((manifest.get("config") or {}).get("job") or {}).get("aggregate") or {}
     carried = None
     if "carried_columns" in manifest:
