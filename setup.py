@@ -40,7 +40,7 @@ setup(
         "hdbscan==0.8.44",               # the emotion space's clusters
     ],
     extras_require={
-        "test": ["pytest>=8,<10", "imageio-ffmpeg==0.8.1"],
+        "test": ["pytest>=8,<10", "pytest-xdist>=3.6,<4", "imageio-ffmpeg==0.8.1"],
     },
     entry_points={"console_scripts": ["affectflow=pipelines.cli:command"]},
 )
