@@ -37,7 +37,7 @@ from pipelines.output.commit import commit_staging, recover_commits
 from pipelines.output.layout import STAGING, dataset, has_table, list_files
 from pipelines.output.lock import OutputLock
 from pipelines.output.manifest import manifest_feature_groups, new_run_id, package_versions
-from pipelines.output.state import latest_manifest
+from pipelines.output.state import output_manifest
 from schemas.columns import PARTITION_COLUMN
 from schemas.features import feature_set_columns
 from schemas.predictions import MODEL_PARTITION
@@ -150,9 +150,7 @@ def predict_output(output: str, model_dir: str, config: RunConfig, *, force: boo
     """
     started = time.time()
     output = output.rstrip("/")
-    manifest = latest_manifest(output)
-    if manifest is None or not has_table(output, "videos"):
-        raise UsageError(f"{output} is not an affectflow output (no run_manifest.json or videos/ table)")
+    manifest = output_manifest(output)
     model_dir = model_folder(model_dir)
     classify = ClassifyVideos(model_dir)        # resolves the folder and reads its card now
     card, sha = classify.card, classify.handler.resolved.sha256["model"]
@@ -199,6 +197,7 @@ def predict(output: str, model_dir: str, config: RunConfig, *, force: bool = Fal
             command: Optional[list[str]] = None) -> dict:
     """`affectflow predict`: `predict_output` under the output's lock (crashed commits finished first)."""
     output = output.rstrip("/")
+    output_manifest(output)
     run_id = new_run_id()
     with OutputLock(output, run_id, " ".join(command or []), wait_s):
         recover_commits(output)

@@ -27,7 +27,7 @@ from pipelines.output.layout import STAGING, dataset, has_table, output_video_id
 from pipelines.output.lock import OutputLock
 from pipelines.output.manifest import new_run_id, summarise_videos, write_manifest
 from pipelines.output.rows import relabelled
-from pipelines.output.state import latest_manifest, read_video_rows
+from pipelines.output.state import output_manifest, read_video_rows
 from schemas.columns import PARTITION_COLUMN, count_column
 from schemas.videos import video_schema
 from transforms.parquet import VIDEO_ROW_FILE, partition_dir, records_table, write_parquet
@@ -74,9 +74,7 @@ def reaggregate(output: str, config: RunConfig, dest: Optional[str] = None, wait
     Raises UsageError when ``output`` is not an affectflow output.
     """
     output = output.rstrip("/")
-    before = latest_manifest(output)
-    if before is None or not has_table(output, "videos"):
-        raise UsageError(f"{output} is not an affectflow output (no run_manifest.json or videos/ table)")
+    before = output_manifest(output)
     settings = AggregationSettings.from_config(config.job.aggregate, before["labels"])
     run_id = new_run_id()
     if dest is not None:

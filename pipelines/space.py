@@ -46,7 +46,7 @@ from pipelines.output.commit import commit_staging, recover_commits
 from pipelines.output.layout import STAGING, dataset, has_table
 from pipelines.output.lock import OutputLock
 from pipelines.output.manifest import new_run_id, package_versions
-from pipelines.output.state import latest_manifest
+from pipelines.output.state import latest_manifest, output_manifest
 from pipelines.predict import PREDICT_MANIFEST, VideoSource, kept_predictions, predictions_table, video_sources
 from pipelines.training.data import make_task, manifest_sha256
 from pipelines.training.ensemble_job import FrameSource, VideoFrames
@@ -226,8 +226,7 @@ def project_output(output: str, space_dir: str, validation: ValidationConfig, *,
     """Project every video of ``output`` (the caller holds its lock); return the predict manifest entry."""
     started = time.time()
     output = output.rstrip("/")
-    if latest_manifest(output) is None or not has_table(output, "videos"):
-        raise UsageError(f"{output} is not an affectflow output (no run_manifest.json or videos/ table)")
+    output_manifest(output)
     space, card, ensemble, ecard = load_space(space_dir)
     projector = Projector(space, card, ensemble, ecard, card.space_sha256)
     videos = video_sources(output)
@@ -271,6 +270,7 @@ def project(output: str, space_dir: str, validation: ValidationConfig, *, force:
     output = output.rstrip("/")
     if "://" in output:
         raise UsageError(f"{output}: space project writes to a local output folder")
+    output_manifest(output)
     with OutputLock(output, new_run_id(), " ".join(command or []), wait_s):
         recover_commits(output)
         return project_output(output, space_dir, validation, force=force, command=command, say=say)

@@ -291,6 +291,17 @@ def test_an_unexpected_error_is_exit_3_with_its_type_and_traceback_on_request(ar
     configure_logging(False)                              # the rest of the session logs as a normal run
 
 
+@pytest.mark.parametrize("command", [["validate", "{typo}"], ["aggregate", "--output", "{typo}"],
+                                     ["predict", "--output", "{typo}", "--model", "{typo}-model"],
+                                     ["space", "project", "--output", "{typo}", "--space", "{typo}-space"],
+                                     ["compact", "{typo}"]])
+def test_a_mistyped_output_folder_is_refused_and_not_created(tmp_path, capsys, command):
+    typo = tmp_path / "typo"
+    assert main([part.format(typo=typo) for part in command]) == 2
+    assert "error:" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_version():
     result = subprocess.run([sys.executable, "-m", "pipelines.cli", "--version"], capture_output=True, text=True)
     assert result.returncode == 0 and result.stdout.startswith("affectflow ")

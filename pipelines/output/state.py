@@ -12,6 +12,7 @@ import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 
 from core.elements import RowFingerprint
+from core.errors import UsageError
 from pipelines.output.layout import MANIFEST_FILE, dataset, has_table, list_files, output_video_ids, partition_of
 from schemas.columns import PARTITION_COLUMN
 from transforms.parquet import VIDEO_ROW_FILE, partition_dir
@@ -127,6 +128,16 @@ def latest_manifest(output: str) -> Optional[dict]:
         return None
     with FileSystems.open(path) as fh:
         return json.loads(fh.read())
+
+
+def output_manifest(output: str) -> dict:
+    """The latest run manifest of an existing output, for the commands that read one (aggregate, predict,
+    space project): UsageError when ``output`` holds no manifest or no videos table. Call it before
+    taking the output's lock, which would create a mistyped folder."""
+    manifest = latest_manifest(output)
+    if manifest is None or not has_table(output, "videos"):
+        raise UsageError(f"{output} is not an affectflow output (no run_manifest.json or videos/ table)")
+    return manifest
 
 
 def deleted_inputs(output: str, matched: Iterable[str]) -> list[str]:
