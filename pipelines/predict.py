@@ -197,7 +197,6 @@ def predict(output: str, model_dir: str, config: RunConfig, *, force: bool = Fal
             command: Optional[list[str]] = None) -> dict:
     """`affectflow predict`: `predict_output` under the output's lock (crashed commits finished first)."""
     output = output.rstrip("/")
-    output_manifest(output)
     run_id = new_run_id()
     with OutputLock(output, run_id, " ".join(command or []), wait_s):
         recover_commits(output)

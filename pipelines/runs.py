@@ -140,7 +140,7 @@ class OutputRun:
         self.run_id = new_run_id()
         self.started = time.time()
         self.work_started: Optional[float] = None
-        self._lock = OutputLock(self.output, self.run_id, " ".join(command or []), wait_s)
+        self._lock = OutputLock(self.output, self.run_id, " ".join(command or []), wait_s, create=True)
         self._before: Optional[dict] = None
         self._state: Optional[OutputState] = None
         self.recovered: list[str] = []

@@ -270,7 +270,6 @@ def project(output: str, space_dir: str, validation: ValidationConfig, *, force:
     output = output.rstrip("/")
     if "://" in output:
         raise UsageError(f"{output}: space project writes to a local output folder")
-    output_manifest(output)
     with OutputLock(output, new_run_id(), " ".join(command or []), wait_s):
         recover_commits(output)
         return project_output(output, space_dir, validation, force=force, command=command, say=say)

@@ -233,7 +233,7 @@ def validate(args: argparse.Namespace) -> int:
     from pipelines.output.manifest import new_run_id
     from pipelines.validation.job import read_output_manifest, validate_output
     settings = _config(args).job.validation
-    read_output_manifest(Path(args.output))     # no output there: say so before the lock creates the folder
+    read_output_manifest(Path(args.output))     # no output there: say so before taking its lock
     with OutputLock(args.output, f"validate-{new_run_id()}", " ".join(sys.argv), args.wait):
         reports = [validate_output(args.output, settings)]
         from pipelines.validation.predictions import predicted_models, validate_predictions

@@ -17,7 +17,7 @@ import socket
 import time
 from typing import Optional
 
-from core.errors import OutputLockedError
+from core.errors import OutputLockedError, UsageError
 
 LOCK_FILE = "_lock.json"
 _LOG = logging.getLogger(__name__)
@@ -36,8 +36,12 @@ def _alive(pid: int) -> bool:
 class OutputLock:
     """Context manager holding ``<output>/_lock.json`` for ``run_id`` (see the module docstring)."""
 
-    def __init__(self, output: str, run_id: str, command: str = "", wait_s: float = 0.0, poll_s: float = 1.0):
+    def __init__(self, output: str, run_id: str, command: str = "", wait_s: float = 0.0, poll_s: float = 1.0,
+                 create: bool = False):
+        """``create``: make a missing ``output`` folder (a run's new output); otherwise a missing folder
+        is a UsageError, so a command given a mistyped output never creates it."""
         self.output = output
+        self.create = create
         self.path = os.path.join(output, LOCK_FILE)
         self.run_id = run_id
         self.command = command
@@ -74,7 +78,10 @@ class OutputLock:
         if "://" in self.output:
             _LOG.warning("%s is not a local folder: the run lock is advisory only", self.output)
             return
-        os.makedirs(self.output, exist_ok=True)
+        if self.create:
+            os.makedirs(self.output, exist_ok=True)
+        elif not os.path.isdir(self.output):
+            raise UsageError(f"{self.output} does not exist: give an affectflow output folder")
         deadline = time.monotonic() + self.wait_s
         while not self._try_create():
             holder = self._holder()

@@ -132,8 +132,7 @@ def latest_manifest(output: str) -> Optional[dict]:
 
 def output_manifest(output: str) -> dict:
     """The latest run manifest of an existing output, for the commands that read one (aggregate, predict,
-    space project): UsageError when ``output`` holds no manifest or no videos table. Call it before
-    taking the output's lock, which would create a mistyped folder."""
+    space project): UsageError when ``output`` holds no manifest or no videos table."""
     manifest = latest_manifest(output)
     if manifest is None or not has_table(output, "videos"):
         raise UsageError(f"{output} is not an affectflow output (no run_manifest.json or videos/ table)")
